@@ -1,0 +1,189 @@
+"""The CLI: listings, pairs, upgrade/build/generate, and clear one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from vlm_swap.cli import app
+from vlm_swap.zoo import make_scene
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_clean_failure(result, *fragments, out_dir=None):
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    line = result.output.strip()
+    for frag in fragments:
+        assert frag in line, line
+    if out_dir is not None:
+        assert not out_dir.exists() or not any(out_dir.iterdir())
+        assert not list(out_dir.parent.glob(f".{out_dir.name}.tmp-*"))
+
+
+@pytest.mark.parametrize(
+    "what,keys",
+    [
+        ("encoders", {"perceiver", "hf-vit"}),
+        ("sources", {"llava"}),
+        ("connectors", {"mlp2x-relu", "mlp2x-gelu", "linear"}),
+        ("llms", {"qwen2", "qwen3", "llama2", "llama3"}),
+        ("catalog", {"qwen3-vl-2b", "siglip-so400m-384", "qwen3-4b"}),
+    ],
+)
+def test_list_json(what, keys):
+    result = run("list", what, "--json")
+    assert result.exit_code == 0, result.output
+    assert keys <= set(json.loads(result.output))
+
+
+def test_list_table_and_filter():
+    result = run("list", "catalog", "--filter", "qwen3-*")
+    assert result.exit_code == 0 and "qwen3-4b" in result.output and "vicuna" not in result.output
+
+
+def test_pairs_recommend_same_family_first():
+    result = run("pairs", "--llm", "qwen3-4b", "--json")
+    rows = json.loads(result.output)
+    perceivers = [r for r in rows if r["encoder"].startswith("qwen")]
+    assert perceivers[0]["same_family"] and perceivers[0]["encoder"].startswith("qwen3-vl")
+    fam = {r["encoder"]: next(c for c in r["checks"] if c["name"] == "text family") for r in rows}
+    assert fam["qwen2.5-vl-3b"]["status"] == "warn" and fam["qwen3-vl-2b"]["status"] == "ok"
+    assert_clean_failure(run("pairs", "--llm", "qwen3-vl-2b"), "not an LLM")
+
+
+def test_inspect_json(llava):
+    result = run("inspect", llava(), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["total_params"] > 0
+
+
+def test_upgrade_then_generate(tmp_path, llava, vit):
+    out = tmp_path / "up"
+    result = run("upgrade", llava(), "--encoder", f"hf-vit:{vit('clip')}", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    image = tmp_path / "scene.png"
+    make_scene(3).render().save(image)
+    result = run("generate", out, "--image", image, "--prompt", "what shape is on the left?", "--max-new-tokens", 3)
+    assert result.exit_code == 0, result.output
+    # a second upgrade into the same place needs --force, and then replaces it
+    assert_clean_failure(
+        run("upgrade", llava(), "--encoder", f"hf-vit:{vit('clip')}", "--out", out), "not empty", "--force"
+    )
+    assert (out / "config.json").is_file()
+    result = run("upgrade", llava(), "-e", f"hf-vit:{vit('siglip')}", "-o", out, "--force")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "vlm_swap.json").read_text())["encoder"].startswith("hf-vit:")
+    assert "siglip" in json.loads((out / "config.json").read_text())["encoder_config"]["model_type"]
+
+
+def test_build_from_bare_llama3(tmp_path, bare_llm, perceiver):
+    out = tmp_path / "built"
+    result = run("build", "--llm", bare_llm("llama3"), "--encoder", f"perceiver:{perceiver()}", "--out", out)
+    assert result.exit_code == 0, result.output
+    prov = json.loads((out / "vlm_swap.json").read_text())
+    assert set(prov["added_tokens"]) >= {"<image>", "<|vision_start|>", "<|vision_end|>"}
+    assert prov["pad_token"] == "<|finetune_right_pad_id|>"
+
+
+# ---- bad input: one line naming the cause, exit != 0, nothing in --out --------------------------------
+
+
+def test_missing_source_path(tmp_path, vit):
+    out = tmp_path / "o"
+    assert_clean_failure(
+        run("upgrade", tmp_path / "nope", "-e", f"hf-vit:{vit()}", "-o", out), "path not found", out_dir=out
+    )
+
+
+def test_not_a_vlm(tmp_path, bare_llm, vit):
+    out = tmp_path / "o"
+    assert_clean_failure(
+        run("upgrade", bare_llm(), "-e", f"hf-vit:{vit()}", "-o", out),
+        "causal LM, not a VLM",
+        "vlm-swap build",
+        out_dir=out,
+    )
+
+
+def test_unknown_encoder_kind(tmp_path, llava):
+    out = tmp_path / "o"
+    assert_clean_failure(
+        run("upgrade", llava(), "-e", "perciever:x", "-o", out),
+        "unknown encoder kind",
+        "did you mean perceiver",
+        out_dir=out,
+    )
+
+
+def test_unknown_connector(tmp_path, llava, vit):
+    out = tmp_path / "o"
+    assert_clean_failure(
+        run("upgrade", llava(), "-e", f"hf-vit:{vit()}", "-o", out, "--connector", "mlp2x-rel"),
+        "unknown connector",
+        out_dir=out,
+    )
+
+
+def test_truncated_safetensors(tmp_path, llava, vit):
+    src = tmp_path / "src"
+    shutil.copytree(llava(), src)
+    weights = src / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    out = tmp_path / "o"
+    assert_clean_failure(run("upgrade", src, "-e", f"hf-vit:{vit()}", "-o", out), "safetensors", out_dir=out)
+
+
+def test_pickle_only_checkpoint_is_refused(tmp_path, llava, vit):
+    src = tmp_path / "src"
+    shutil.copytree(llava(), src)
+    (src / "model.safetensors").rename(src / "pytorch_model.bin")
+    out = tmp_path / "o"
+    assert_clean_failure(run("upgrade", src, "-e", f"hf-vit:{vit()}", "-o", out), "pickle", out_dir=out)
+
+
+def test_encoder_failure_leaves_nothing(tmp_path, llava, vit):
+    enc = tmp_path / "enc"
+    shutil.copytree(vit("siglip"), enc)
+    (enc / "model.safetensors").write_bytes(b"\x00" * 64)
+    out = tmp_path / "o"
+    assert_clean_failure(run("upgrade", llava(), "-e", f"hf-vit:{enc}", "-o", out), "SiglipVisionModel", out_dir=out)
+
+
+def test_image_that_is_not_an_image(tmp_path, llava, vit):
+    out = tmp_path / "up"
+    assert run("upgrade", llava(), "-e", f"hf-vit:{vit()}", "-o", out).exit_code == 0
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    assert_clean_failure(run("generate", out, "--image", bad, "--prompt", "hi"), "not a readable image")
+    assert_clean_failure(run("generate", out, "--image", tmp_path / "missing.png", "--prompt", "hi"), "image not found")
+
+
+def test_debug_shows_the_traceback(tmp_path, vit):
+    result = run("--debug", "upgrade", tmp_path / "nope", "-e", f"hf-vit:{vit()}", "-o", tmp_path / "o")
+    assert result.exit_code != 0 and result.exception is not None
+
+
+def test_console_script_as_subprocess(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    exe = shutil.which("vlm-swap") or ""
+    cmd = [exe] if exe else [sys.executable, "-m", "vlm_swap.cli"]
+    done = subprocess.run([*cmd, "list", "encoders", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert {"perceiver", "hf-vit"} <= set(json.loads(done.stdout))
+    bad = subprocess.run(
+        [*cmd, "inspect", str(tmp_path / "missing")], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert bad.returncode != 0 and "path not found" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,68 @@
+"""`inspect` from full checkpoints and from config-only directories (meta-device build)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from transformers import LlavaForConditionalGeneration
+
+from vlm_swap.inspection import inspect_source
+
+
+def test_inspect_counts_match_the_real_model(llava):
+    src = llava("qwen2", "siglip")
+    report = inspect_source(str(src))
+    model = LlavaForConditionalGeneration.from_pretrained(src)
+    assert report["total_params"] == sum(p.numel() for p in model.parameters())
+    parts = report["parts"]
+    assert parts["encoder"]["params"] == sum(p.numel() for p in model.model.vision_tower.parameters())
+    assert parts["connector"]["params"] == sum(p.numel() for p in model.model.multi_modal_projector.parameters())
+    assert sum(p["params"] for p in parts.values()) == report["total_params"]
+    assert report["image_token"] == "<image>" and report["tokens_per_image"] == 16
+    assert report["source_kind"] == "llava" and report["weights"] == "safetensors"
+
+
+def test_config_only_dir_gives_the_same_report(tmp_path, llava):
+    src = llava()
+    only = tmp_path / "cfg"
+    only.mkdir()
+    shutil.copy(src / "config.json", only / "config.json")
+    full, bare = inspect_source(str(src)), inspect_source(str(only))
+    assert bare["weights"] == "config only"
+    assert bare["total_params"] == full["total_params"]
+    assert bare["parts"] == full["parts"]
+
+
+def test_llava_1_5_7b_config_gives_the_published_count(tmp_path):
+    """llava-hf/llava-1.5-7b-hf's architecture, built on the meta device: 7,063,427,072 parameters."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=336,
+            patch_size=14,
+            projection_dim=768,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=32064,
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            max_position_embeddings=4096,
+        ),
+        image_token_index=32000,
+    )
+    cfg.architectures = ["LlavaForConditionalGeneration"]
+    d = tmp_path / "llava-1.5-7b"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(cfg.to_dict()))
+    report = inspect_source(str(d))
+    assert report["total_params"] == 7_063_427_072
+    assert report["tokens_per_image"] == 576

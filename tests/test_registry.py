@@ -1,0 +1,74 @@
+"""The generic registry, the connector table and plug-ins through entry points."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from vlm_swap import registry
+from vlm_swap.connectors import CONNECTORS
+from vlm_swap.encoders import ENCODERS, EncoderSpec
+from vlm_swap.errors import VlmSwapError
+from vlm_swap.registry import Registry, UnknownIdError
+
+
+def test_unknown_id_suggests_the_closest():
+    with pytest.raises(UnknownIdError, match=r"unknown encoder kind 'perciever'; did you mean perceiver\?"):
+        ENCODERS.get("perciever")
+
+
+def test_no_substring_matching_and_fnmatch_listing():
+    reg = Registry("thing")
+    reg.register("siglip-so400m-384", 1)
+    reg.register("siglip2-so400m-384", 2)
+    with pytest.raises(UnknownIdError):
+        reg.get("siglip")
+    assert reg.ids("siglip2*") == ["siglip2-so400m-384"]
+
+
+def test_duplicates_and_bad_ids_refused():
+    reg = Registry("thing")
+    reg.register("a-b", 1)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("a-b", 2)
+    with pytest.raises(ValueError, match="kebab-case"):
+        reg.register("Bad_Id", 3)
+
+
+def test_encoder_spec_parsing():
+    assert EncoderSpec.parse("perceiver:qwen3-vl-2b") == EncoderSpec("perceiver", "qwen3-vl-2b")
+    assert EncoderSpec.parse("hf-vit:/a/b:c").source == "/a/b:c"
+    with pytest.raises(VlmSwapError, match="KIND:SOURCE"):
+        EncoderSpec.parse("qwen3-vl-2b")
+    with pytest.raises(UnknownIdError, match="did you mean hf-vit"):
+        EncoderSpec.parse("hf-vt:x")
+
+
+@pytest.mark.parametrize("cid,d_in,d_out", [("mlp2x-relu", 48, 64), ("mlp2x-gelu", 48, 64), ("linear", 48, 64)])
+def test_connectors_map_widths_and_count_params(cid, d_in, d_out):
+    kind = CONNECTORS.get(cid)
+    module = kind.build(d_in, d_out)
+    assert module(torch.zeros(3, 5, d_in)).shape == (3, 5, d_out)
+    assert sum(p.numel() for p in module.parameters()) == kind.num_params(d_in, d_out)
+
+
+def test_plugin_registers_through_entry_point(tmp_path, monkeypatch):
+    dist = tmp_path / "vlm_swap_test_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vlm-swap-test-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[vlm_swap.plugins]\nextra = vlm_swap_test_plugin:register\n")
+    (tmp_path / "vlm_swap_test_plugin.py").write_text(
+        "from vlm_swap.connectors import CONNECTORS, ConnectorKind\n"
+        "def register():\n"
+        "    CONNECTORS.register('plugin-linear', ConnectorKind('plugin-linear', 'from a plug-in', 'none'))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    try:
+        assert "plugin-linear" in CONNECTORS.ids()
+        assert CONNECTORS.get("plugin-linear").build(4, 8)(torch.zeros(1, 4)).shape == (1, 8)
+    finally:
+        CONNECTORS._entries.pop("plugin-linear", None)
+        sys.modules.pop("vlm_swap_test_plugin", None)

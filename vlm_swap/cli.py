@@ -1,0 +1,253 @@
+"""The ``vlm-swap`` command line: each command parses, calls one library function, prints.
+
+Errors caused by the input (``VlmSwapError``) print one line to stderr and exit non-zero; pass
+``--debug`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import VlmSwapError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0].strip("`. "))
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug/--no-debug", help="Show tracebacks on errors.")) -> None:
+    """Upgrade LLaVA-style VLMs: swap the vision side for a small-VLM perceiver or a ViT, keep the LLM."""
+    _state["debug"] = debug
+    _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turn user-caused errors into one line on stderr and a non-zero exit."""
+    try:
+        yield
+    except VlmSwapError as exc:
+        if _state["debug"]:
+            raise
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted; outputs left as they were")
+        raise typer.Exit(130) from None
+
+
+def _print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+class Listing(str, Enum):
+    encoders = "encoders"
+    connectors = "connectors"
+    llms = "llms"
+    sources = "sources"
+    catalog = "catalog"
+
+
+class DType(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+@app.command("inspect")
+def inspect_cmd(
+    source: str = typer.Argument(..., help="A VLM: local dir (a config.json alone is enough), hub id or catalog id."),
+    as_json: bool = typer.Option(False, "--json/--no-json", help="Print JSON for scripts."),
+) -> None:
+    """Report a checkpoint's architecture, parts, image token, tokens per image and parameter counts."""
+    from .inspection import inspect_source
+
+    with user_errors():
+        report = inspect_source(source)
+    if as_json:
+        _print_json(report)
+        return
+    out.print(f"[bold]{report['architecture']}[/] ({report['source_kind']}) at {report['path']}  [{report['weights']}]")
+    table = Table("part", "type", "params", "details")
+    for name, part in report["parts"].items():
+        details = ", ".join(f"{k}={v}" for k, v in part.items() if k not in ("type", "params") and v is not None)
+        table.add_row(name, str(part["type"]), f"{part['params']:,}", details)
+    out.print(table)
+    out.print(
+        f"image token: {report['image_token']!r} (id {report['image_token_id']}), "
+        f"tokens per image: {report['tokens_per_image']}, total params: {report['total_params']:,}"
+    )
+
+
+@app.command()
+def upgrade(
+    source: str = typer.Argument(..., help="The VLM to upgrade: local dir, hub id or catalog id."),
+    encoder: str = typer.Option(..., "--encoder", "-e", help="KIND:SOURCE, e.g. perceiver:qwen3-vl-2b."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Output directory (must be empty unless --force)."),
+    connector: str = typer.Option(
+        None, "--connector", help="Connector id (default: mlp2x-relu for perceivers, mlp2x-gelu for ViTs)."
+    ),
+    dtype: DType = typer.Option(DType.auto, "--dtype", help="Output dtype; auto keeps the LLM's (bit-identical)."),
+    force: bool = typer.Option(False, "--force/--no-force", help="Replace a non-empty --out."),
+    trust_remote_code: bool = typer.Option(
+        False,
+        "--trust-remote-code/--no-trust-remote-code",
+        help="Allow model code from the checkpoint (pin a revision).",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the fresh connector's initialisation."),
+) -> None:
+    """Swap the vision side of an existing VLM for ENCODER; keep the LLM, tokenizer and chat template."""
+    from .upgrade import upgrade as run
+
+    with user_errors():
+        path = run(
+            source,
+            encoder,
+            out_dir,
+            connector=connector,
+            dtype=dtype.value,
+            force=force,
+            trust_remote_code=trust_remote_code,
+            seed=seed,
+            progress=True,
+        )
+    out.print(f"upgraded model written to [bold]{path}[/]")
+
+
+@app.command()
+def build(
+    llm: str = typer.Option(..., "--llm", help="A bare causal LM: local dir, hub id or catalog id."),
+    encoder: str = typer.Option(..., "--encoder", "-e", help="KIND:SOURCE, e.g. perceiver:qwen3-vl-2b."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Output directory (must be empty unless --force)."),
+    connector: str = typer.Option(None, "--connector", help="Connector id (default by encoder kind)."),
+    dtype: DType = typer.Option(DType.auto, "--dtype", help="Output dtype; auto keeps the LLM's."),
+    force: bool = typer.Option(False, "--force/--no-force", help="Replace a non-empty --out."),
+    trust_remote_code: bool = typer.Option(
+        False,
+        "--trust-remote-code/--no-trust-remote-code",
+        help="Allow model code from the checkpoint (pin a revision).",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the fresh connector's initialisation."),
+) -> None:
+    """Build a VLM from a bare causal LM and an encoder (the DPA paper's setting)."""
+    from .upgrade import build as run
+
+    with user_errors():
+        path = run(
+            llm,
+            encoder,
+            out_dir,
+            connector=connector,
+            dtype=dtype.value,
+            force=force,
+            trust_remote_code=trust_remote_code,
+            seed=seed,
+            progress=True,
+        )
+    out.print(f"model written to [bold]{path}[/]")
+
+
+@app.command("list")
+def list_cmd(
+    what: Listing = typer.Argument(..., help="What to list."),
+    pattern: str = typer.Option("*", "--filter", help="fnmatch pattern on ids, e.g. 'qwen*'."),
+    as_json: bool = typer.Option(False, "--json/--no-json", help="Print JSON for scripts."),
+) -> None:
+    """List registered encoder kinds, connectors, LLM families, sources or catalog models."""
+    from .listings import listing
+
+    with user_errors():
+        rows = listing(what.value, pattern)
+    if as_json:
+        _print_json(rows)
+        return
+    columns = sorted({k for r in rows.values() for k in r}, key=lambda k: (k != "help", k))
+    table = Table(title=what.value)
+    table.add_column("id", no_wrap=True)
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for id_, row in rows.items():
+        table.add_row(id_, *(str(row.get(c, "")) for c in columns))
+    out.print(table)
+
+
+@app.command()
+def pairs(
+    encoder: str = typer.Option(None, "--encoder", help="Catalog id of a perceiver or ViT (default: all)."),
+    llm: str = typer.Option(None, "--llm", help="Catalog id of an LLM (default: all)."),
+    connector: str = typer.Option("mlp2x-relu", "--connector", help="Connector used for the size check."),
+    as_json: bool = typer.Option(False, "--json/--no-json", help="Print JSON for scripts."),
+) -> None:
+    """List encoder/LLM pairs with the checks that decide whether they fit, and why."""
+    from .listings import pair_table
+
+    with user_errors():
+        rows = pair_table(encoder, llm, connector)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("encoder", "llm", "verdict", "reasons", title="pairs")
+    colour = {"ok": "green", "warn": "yellow", "fail": "red"}
+    for r in rows:
+        reasons = "\n".join(
+            f"{c['name']}: {c['reason']}"
+            for c in r["checks"]
+            if c["status"] != "ok" or c["name"] in ("text family", "token budget")
+        )
+        table.add_row(r["encoder"], r["llm"], f"[{colour[r['verdict']]}]{r['verdict']}[/]", reasons)
+    out.print(table)
+
+
+@app.command()
+def generate(
+    model: str = typer.Argument(..., help="An upgraded model directory."),
+    image: list[Path] = typer.Option(..., "--image", help="Image file (repeat for several images)."),
+    prompt: str = typer.Option(..., "--prompt", help="The question or instruction."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Most tokens to generate."),
+) -> None:
+    """Answer PROMPT about IMAGE, streaming the answer."""
+    from .generation import generate_answer
+
+    with user_errors():
+        for piece in generate_answer(model, [str(p) for p in image], prompt, max_new_tokens=max_new_tokens):
+            out.print(piece, end="", highlight=False, markup=False)
+    out.print()
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("vlm-swap-demo"), "--out", "-o", help="Where the demo writes its models."),
+) -> None:
+    """Run inspect -> pairs -> upgrade -> generate on the embedded tiny models (offline, < 1 minute)."""
+    from .demo import run_demo
+
+    with user_errors():
+        run_demo(out_dir, out)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""The only module that writes model outputs to disk: atomic directories and safetensors shards.
+
+Every output directory is built in a temporary sibling (``.NAME.tmp-PID-RAND``) and renamed into
+place at the end, so a failure or a kill leaves either the previous output or nothing; stale
+temporaries of dead processes are removed on the next run. Weights are only ever written as
+safetensors, in shards with a standard ``model.safetensors.index.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from .errors import VlmSwapError
+
+DEFAULT_SHARD_BYTES = 2 * 1024**3
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+PROVENANCE_NAME = "vlm_swap.json"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temporaries(out: Path) -> None:
+    """Remove ``.NAME.tmp-PID-*`` / ``.NAME.old-PID-*`` siblings left by processes that died."""
+    for p in out.parent.glob(f".{out.name}.*-*-*"):
+        kind, _, rest = p.name[len(out.name) + 2 :].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind in ("tmp", "old") and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def check_output_dir(out: Path, force: bool) -> None:
+    """Refuse a non-empty output directory unless ``force``; refuse a file in its place."""
+    if out.exists() and not out.is_dir():
+        raise VlmSwapError(f"output {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise VlmSwapError(f"output directory {out} is not empty; pass --force to replace it")
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory that becomes ``out`` only if the block succeeds."""
+    out = Path(out).expanduser().absolute()
+    check_output_dir(out, force)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(out)
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = out.parent / f".{out.name}.tmp-{tag}"
+        tmp.mkdir()
+    except OSError as exc:
+        raise VlmSwapError(f"cannot write to {out.parent}: {exc.strerror or exc}") from exc
+    try:
+        yield tmp
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{tag}"
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class ShardWriter:
+    """Stream tensors into safetensors shards of at most ``max_bytes`` each (one shard in memory)."""
+
+    def __init__(self, directory: Path, max_bytes: int = DEFAULT_SHARD_BYTES):
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self._pending: dict[str, torch.Tensor] = {}
+        self._pending_bytes = 0
+        self._files: list[tuple[Path, list[str]]] = []
+        self.total_bytes = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self._pending and self._pending_bytes + size > self.max_bytes:
+            self._flush()
+        self._pending[name] = tensor.contiguous()
+        self._pending_bytes += size
+        self.total_bytes += size
+
+    def _flush(self) -> None:
+        path = self.directory / f".shard-{len(self._files):05d}.safetensors"
+        save_file(self._pending, str(path), metadata={"format": "pt"})
+        self._files.append((path, list(self._pending)))
+        self._pending, self._pending_bytes = {}, 0
+
+    def close(self) -> list[Path]:
+        if self._pending or not self._files:
+            self._flush()
+        n = len(self._files)
+        if n == 1:
+            final = [self.directory / WEIGHTS_NAME]
+            os.rename(self._files[0][0], final[0])
+            return final
+        weight_map, final = {}, []
+        for i, (path, names) in enumerate(self._files):
+            name = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+            os.rename(path, self.directory / name)
+            final.append(self.directory / name)
+            weight_map.update(dict.fromkeys(names, name))
+        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+        write_json(self.directory / INDEX_NAME, index)
+        return final
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise VlmSwapError(f"missing file: {path}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise VlmSwapError(f"{path} is not valid JSON: {exc}") from exc

@@ -1,0 +1,68 @@
+"""Listings for ``vlm-swap list`` and ``vlm-swap pairs``: plain dicts, JSON-able, keyed by id."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from .catalog import CATALOG
+from .compat import as_dicts, check_pair, encoder_facts, llm_facts, verdict
+from .connectors import CONNECTORS
+from .encoders import ENCODERS
+from .errors import VlmSwapError
+from .llms import LLMS
+from .sources import SOURCES
+
+
+def listing(what: str, pattern: str = "*") -> dict[str, dict]:
+    if what == "encoders":
+        return {
+            k: {"help": c.help, "inputs": ", ".join(c.input_names), "boundary_rows": c.uses_boundaries}
+            for k, c in ENCODERS.items(pattern)
+        }
+    if what == "connectors":
+        return {k: {"help": c.help} for k, c in CONNECTORS.items(pattern)}
+    if what == "llms":
+        return {
+            k: {
+                "help": f.help,
+                "model_types": ", ".join(f.model_types),
+                "image_token": f.image_token,
+                "vision_start": f.vision_start,
+                "vision_end": f.vision_end,
+            }
+            for k, f in LLMS.items(pattern)
+        }
+    if what == "sources":
+        return {k: {"help": s.help, "architectures": ", ".join(s.architectures)} for k, s in SOURCES.items(pattern)}
+    if what == "catalog":
+        return {k: {key: v for key, v in asdict(e).items() if key != "id"} for k, e in CATALOG.items(pattern)}
+    raise VlmSwapError(f"nothing to list under {what!r}")
+
+
+def pair_table(encoder: str | None, llm: str | None, connector: str = "mlp2x-relu") -> list[dict]:
+    """Every (encoder, LLM) pair of the catalog (or the ones named), best first, with checks."""
+    encoders = [CATALOG.get(encoder)] if encoder else [e for _, e in CATALOG.items() if e.role in ("perceiver", "vit")]
+    llms = [CATALOG.get(llm)] if llm else [e for _, e in CATALOG.items() if e.role == "llm"]
+    for e in encoders:
+        if e.role not in ("perceiver", "vit"):
+            raise VlmSwapError(f"{e.id} is a {e.role}, not an encoder (perceiver or ViT)")
+    for m in llms:
+        if m.role != "llm":
+            raise VlmSwapError(f"{m.id} is a {m.role}, not an LLM")
+    rows = []
+    for e in encoders:
+        for m in llms:
+            checks = check_pair(encoder_facts(e), llm_facts(m), connector)
+            same = e.role == "perceiver" and e.family == m.family
+            rows.append(
+                {
+                    "encoder": e.id,
+                    "llm": m.id,
+                    "verdict": verdict(checks),
+                    "same_family": same,
+                    "checks": as_dicts(checks),
+                }
+            )
+    rank = {"ok": 0, "warn": 1, "fail": 2}
+    rows.sort(key=lambda r: (r["llm"], rank[r["verdict"]], not r["same_family"], r["encoder"]))
+    return rows

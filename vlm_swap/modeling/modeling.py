@@ -1,0 +1,115 @@
+"""``SwapVLMForConditionalGeneration``: encoder -> connector -> LLM, a real PreTrainedModel.
+
+The LLM is a plain transformers causal LM kept whole (``language_model``), so its weights,
+cache, attention implementation and generation behave as they do alone. Encoder rows
+``[R, D_enc]`` go through the connector to ``[R, D_llm]`` and replace, in order, the input
+embeddings at the placeholder positions (``feature_token_ids``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ..connectors import CONNECTORS
+from ..encoders import ENCODERS
+from ..errors import VlmSwapError
+from .configuration import SwapVLMConfig
+
+
+class SwapVLMPreTrainedModel(PreTrainedModel):
+    config: SwapVLMConfig
+    config_class = SwapVLMConfig
+    base_model_prefix = "swap_vlm"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+
+class SwapVLMForConditionalGeneration(SwapVLMPreTrainedModel, GenerationMixin):
+    def __init__(self, config: SwapVLMConfig):
+        super().__init__(config)
+        backend = ENCODERS.get(config.encoder_kind)
+        self.encoder = backend(config.encoder_config, config.encoder_args)
+        self.connector = CONNECTORS.get(config.connector).build(config.encoder_dim, config.text_config.hidden_size)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self._no_split_modules = sorted(
+            set(getattr(self.language_model, "_no_split_modules", None) or [])
+            | set(getattr(self.encoder.model, "_no_split_modules", None) or [])
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    def get_image_features(self, **image_inputs) -> torch.Tensor:
+        """Encoder rows through the connector: ``[R, D_llm]``."""
+        feats = self.encoder(**image_inputs)  # [R, D_enc]
+        return self.connector(feats.to(self.connector[0].weight.dtype))
+
+    def placeholder_mask(self, input_ids: torch.Tensor, n_rows: int) -> torch.Tensor:
+        ids = torch.tensor(self.config.feature_token_ids, device=input_ids.device)
+        mask = torch.isin(input_ids, ids)  # [B, L]
+        n_tokens = int(mask.sum())
+        if n_tokens != n_rows:
+            raise VlmSwapError(
+                f"image features and image tokens do not match: {n_tokens} placeholder tokens in the prompt, "
+                f"{n_rows} feature rows from the encoder"
+            )
+        return mask
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)  # [B, L, D_llm]
+        if pixel_values is not None:
+            if input_ids is None:
+                raise ValueError("images need input_ids to find their placeholder positions")
+            image_inputs = {
+                "pixel_values": pixel_values,
+                "image_grid_thw": image_grid_thw,
+                "pixel_attention_mask": pixel_attention_mask,
+                "spatial_shapes": spatial_shapes,
+            }
+            feats = self.get_image_features(**image_inputs)  # [R, D_llm]
+            mask = self.placeholder_mask(input_ids, feats.shape[0])
+            inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), feats.to(inputs_embeds.dtype))
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            labels=labels,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )

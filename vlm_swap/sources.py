@@ -1,0 +1,206 @@
+"""Source checkpoints: adapter specs (``adapters/*.yaml``) and reading a source into its parts.
+
+An adapter spec says, for one family of existing VLMs, which config keys hold the LLM config,
+the vision config and the image token, and which weight-key prefixes belong to the LLM (with
+their renaming into a plain causal LM), the encoder and the connector. Reading a source never
+loads weights: it opens the safetensors shards lazily so the LLM can be streamed to the output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from safetensors import SafetensorError, safe_open
+from transformers import AutoConfig, PreTrainedConfig
+
+from .encoders.loading import resolve_source
+from .errors import VlmSwapError
+from .io import INDEX_NAME, read_json
+from .registry import Registry
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def data_dir(name: str) -> Path:
+    """``adapters`` / ``recipes``: beside the package in a checkout, inside it in a wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / name, here / "_data" / name):
+        if candidate.is_dir():
+            return candidate
+    raise VlmSwapError(f"the {name}/ folder is missing from this installation of vlm-swap")
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """Where one source family keeps its parts (see ``adapters/llava.yaml``)."""
+
+    id: str
+    help: str
+    architectures: tuple[str, ...]
+    model_types: tuple[str, ...]
+    config: dict[str, str]
+    llm_prefixes: dict[str, str]
+    encoder_prefixes: tuple[str, ...] = ()
+    connector_prefixes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> AdapterSpec:
+        raw = yaml.safe_load(path.read_text())
+        known = {"id", "help", "architectures", "model_types", "config", "weights"}
+        if unknown := set(raw) - known:
+            raise VlmSwapError(f"{path}: unknown keys {sorted(unknown)}")
+        w = raw.get("weights", {})
+        return cls(
+            id=raw["id"],
+            help=raw.get("help", ""),
+            architectures=tuple(raw.get("architectures", ())),
+            model_types=tuple(raw.get("model_types", ())),
+            config=dict(raw.get("config", {})),
+            llm_prefixes=dict(w.get("llm", {})),
+            encoder_prefixes=tuple(w.get("encoder", ())),
+            connector_prefixes=tuple(w.get("connector", ())),
+        )
+
+    def matches(self, config: PreTrainedConfig) -> bool:
+        archs = set(getattr(config, "architectures", None) or ())
+        return bool(archs & set(self.architectures)) or config.model_type in self.model_types
+
+    def part_of(self, key: str) -> str | None:
+        """Which part ('llm', 'encoder', 'connector') a source weight key belongs to."""
+        if any(key.startswith(p) for p in self.llm_prefixes):
+            return "llm"
+        if any(key.startswith(p) for p in self.encoder_prefixes):
+            return "encoder"
+        if any(key.startswith(p) for p in self.connector_prefixes):
+            return "connector"
+        return None
+
+    def llm_key(self, key: str) -> str | None:
+        """The key inside the causal LM for an LLM weight of the source, or None."""
+        for src, dst in self.llm_prefixes.items():
+            if key.startswith(src):
+                return dst + key[len(src) :]
+        return None
+
+
+SOURCES: Registry[AdapterSpec] = Registry("source")
+
+
+def _load_adapters() -> None:
+    for path in sorted(data_dir("adapters").glob("*.yaml")):
+        spec = AdapterSpec.from_yaml(path)
+        SOURCES.register(spec.id, spec)
+
+
+_load_adapters()
+
+#: A bare causal LM (the ``build`` command's input): every weight is the LLM's, keys unchanged.
+CAUSAL_LM = AdapterSpec("causal-lm", "a bare causal LM", (), (), {}, {"": ""})
+
+
+@dataclass
+class Source:
+    """A source checkpoint opened for reading: config, adapter and lazily opened weight files."""
+
+    path: Path
+    adapter: AdapterSpec
+    config: PreTrainedConfig
+    weight_files: list[Path] = field(default_factory=list)
+
+    @property
+    def text_config(self) -> PreTrainedConfig:
+        if self.adapter is CAUSAL_LM:
+            return self.config
+        return getattr(self.config, self.adapter.config.get("text_config", "text_config"))
+
+    @property
+    def vision_config(self) -> PreTrainedConfig | None:
+        key = self.adapter.config.get("vision_config")
+        return getattr(self.config, key, None) if key else None
+
+    @property
+    def image_token_id(self) -> int | None:
+        key = self.adapter.config.get("image_token_id")
+        return getattr(self.config, key, None) if key else None
+
+    def tensors(self) -> dict[str, Path]:
+        """Every weight key of the source and the shard that holds it."""
+        out: dict[str, Path] = {}
+        for f in self.weight_files:
+            with open_safetensors(f) as st:
+                out.update(dict.fromkeys(st.keys(), f))
+        return out
+
+
+def open_safetensors(path: Path):
+    """``safe_open`` with a one-line error for truncated or corrupted files."""
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as exc:
+        raise VlmSwapError(f"corrupted or truncated safetensors file {path}: {exc}") from exc
+
+
+def weight_files(path: Path, *, required: bool = True) -> list[Path]:
+    """The safetensors shards of a checkpoint dir (via the index when there is one)."""
+    index = path / INDEX_NAME
+    if index.is_file():
+        names = sorted(set(read_json(index).get("weight_map", {}).values()))
+        files = [path / n for n in names]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise VlmSwapError(f"{path}: shards listed in {INDEX_NAME} are missing: {', '.join(missing)}")
+        return files
+    files = sorted(path.glob("*.safetensors"))
+    if not files and required:
+        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise VlmSwapError(
+                f"{path} holds only pickle weights ({', '.join(sorted(pickles))}); vlm-swap reads safetensors only "
+                "(convert them with transformers' save_pretrained(safe_serialization=True))"
+            )
+        raise VlmSwapError(f"no weights (*.safetensors) in {path}")
+    return files
+
+
+def load_config(path: str | Path, trust_remote_code: bool = False) -> PreTrainedConfig:
+    try:
+        return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except VlmSwapError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise VlmSwapError(f"cannot read the config of {path}: {first}") from exc
+
+
+def detect_adapter(config: PreTrainedConfig) -> AdapterSpec:
+    for _, spec in SOURCES.items():
+        if spec.matches(config):
+            return spec
+    archs = ", ".join(getattr(config, "architectures", None) or [config.model_type])
+    if getattr(config, "architectures", None) and any(a.endswith("ForCausalLM") for a in config.architectures):
+        raise VlmSwapError(f"{archs} is a causal LM, not a VLM; use `vlm-swap build --llm ...` to start from an LLM")
+    raise VlmSwapError(f"not a supported VLM ({archs}); supported sources: {', '.join(SOURCES.ids())}")
+
+
+def open_source(
+    source: str, *, weights: bool = True, bare_llm: bool = False, trust_remote_code: bool = False
+) -> Source:
+    """Resolve and open a source: a VLM (default) or a bare causal LM (``bare_llm``)."""
+    path = Path(resolve_source(source, config_only=not weights))
+    config = load_config(path, trust_remote_code)
+    if bare_llm:
+        if getattr(config, "text_config", None) is not None or getattr(config, "vision_config", None) is not None:
+            raise VlmSwapError(f"{source} is a VLM ({config.model_type}); use `vlm-swap upgrade` for VLMs")
+        adapter = CAUSAL_LM
+    else:
+        adapter = detect_adapter(config)
+    files = weight_files(path, required=weights) if weights else []
+    return Source(path, adapter, config, files)
+
+
+def describe(config: Any) -> str:
+    archs = getattr(config, "architectures", None) or [config.model_type]
+    return archs[0]

@@ -1,0 +1,338 @@
+"""Surgery: a source (VLM or bare LLM) + an encoder backend -> a SwapVLM checkpoint on disk.
+
+This is the only module that touches both the source parts and the new encoder. The LLM is
+streamed tensor by tensor from the source shards to the output shards without materialising the
+model, and stays bit-identical (unless ``dtype`` asks for a cast); only the embedding rows of
+added placeholder tokens are appended (initialised to the mean row). The encoder is loaded with
+its own loader, a fresh connector is sized from the encoder width to the LLM width, and the
+whole directory is written atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.progress import Progress
+from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer, GenerationConfig, PreTrainedConfig
+
+from . import __version__
+from .compat import Check, EncoderFacts, LLMFacts, check_pair, require_compatible
+from .connectors import CONNECTORS
+from .encoders import ENCODERS, EncoderSpec, LoadedEncoder
+from .encoders.loading import resolve_source
+from .errors import VlmSwapError
+from .io import PROVENANCE_NAME, ShardWriter, atomic_dir, check_output_dir, write_json
+from .llms import LLMFamily, detect_family
+from .modeling import SwapVLMConfig, SwapVLMProcessor
+from .sources import Source, open_safetensors, open_source
+
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TokenPlan:
+    """Placeholder tokens of the target after the upgrade."""
+
+    image_token: str
+    image_start: str
+    image_end: str
+    added: list[str]
+    pad_token: str | None  # set when pad was missing or equal to eos
+
+    def feature_tokens(self) -> list[str]:
+        return [t for t in (self.image_start, self.image_token, self.image_end) if t]
+
+
+def plan_tokens(tokenizer, family: LLMFamily, image_token_id: int | None, boundaries: bool) -> TokenPlan:
+    """Add the placeholder (and pad) tokens the target lacks to ``tokenizer``; say what was done."""
+    vocab = tokenizer.get_vocab()
+    image_token = tokenizer.convert_ids_to_tokens(image_token_id) if image_token_id is not None else family.image_token
+    start, end = (family.vision_start, family.vision_end) if boundaries else ("", "")
+    added = [t for t in dict.fromkeys((start, image_token, end)) if t and t not in vocab]
+    pad = None
+    if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
+        pad = next((t for t in family.pad_candidates if t in vocab and t != tokenizer.eos_token), "<|pad|>")
+        if pad not in vocab:
+            added.append(pad)
+    if added:
+        tokenizer.add_tokens(added, special_tokens=True)
+    if pad is not None:
+        tokenizer.pad_token = pad
+    return TokenPlan(image_token, start, end, added, pad)
+
+
+def template_is_text_only(tokenizer, chat_template: str | None, image_token: str) -> bool:
+    """True when the chat template cannot render image entries (most LLM templates)."""
+    if not chat_template:
+        return True
+    probe = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
+    try:
+        text = tokenizer.apply_chat_template(probe, chat_template=chat_template, tokenize=False)
+    except Exception:
+        return True
+    return image_token not in text
+
+
+def upgrade(source: str, encoder: str, out: str | Path, **kwargs) -> Path:
+    """Swap the vision side of an existing VLM for ``encoder`` (``KIND:SOURCE``); write ``out``."""
+    return _assemble(source, encoder, out, bare_llm=False, **kwargs)
+
+
+def build(llm: str, encoder: str, out: str | Path, **kwargs) -> Path:
+    """Build a VLM from a bare causal LM and ``encoder`` (``KIND:SOURCE``); write ``out``."""
+    return _assemble(llm, encoder, out, bare_llm=True, **kwargs)
+
+
+@dataclass
+class Prepared:
+    """Everything an upgrade needs, loaded and checked, before anything is written."""
+
+    source: str
+    src: Source
+    spec: EncoderSpec
+    loaded: LoadedEncoder
+    tokenizer: object
+    chat_template: str | None
+    text_cfg: PreTrainedConfig
+    family: LLMFamily
+    plan: TokenPlan
+    connector: str
+    checks: list[Check]
+
+
+def prepare(
+    source: str, encoder: str, *, bare_llm: bool = False, connector: str | None = None, trust_remote_code: bool = False
+) -> Prepared:
+    """Open the source, load the encoder, plan the tokens and run the pair checks (no writes)."""
+    spec = EncoderSpec.parse(encoder)
+    connector = connector or ("mlp2x-relu" if spec.kind == "perceiver" else "mlp2x-gelu")
+    CONNECTORS.get(connector)
+    src = open_source(source, bare_llm=bare_llm, trust_remote_code=trust_remote_code)
+    backend = ENCODERS.get(spec.kind)
+    loaded = backend.load(resolve_source(spec.source), dtype=None, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(str(src.path), trust_remote_code=trust_remote_code)
+    chat_template = _chat_template(src, tokenizer, trust_remote_code)
+    text_cfg = copy.deepcopy(src.text_config)
+    family = detect_family(text_cfg.model_type, tokenizer.get_vocab())
+    plan = plan_tokens(tokenizer, family, src.image_token_id, backend.uses_boundaries)
+    facts_enc = EncoderFacts(
+        spec.source, spec.kind, loaded.module.feature_dim, _rows_per_image(loaded), loaded.info.get("text_family")
+    )
+    facts_llm = LLMFacts(
+        str(source),
+        family.id,
+        text_cfg.hidden_size,
+        getattr(text_cfg, "max_position_embeddings", 0) or 0,
+        tuple(plan.added),
+        plan.pad_token,
+    )
+    checks = check_pair(facts_enc, facts_llm, connector)
+    return Prepared(source, src, spec, loaded, tokenizer, chat_template, text_cfg, family, plan, connector, checks)
+
+
+def _assemble(
+    source: str,
+    encoder: str,
+    out: str | Path,
+    *,
+    bare_llm: bool,
+    connector: str | None = None,
+    dtype: str = "auto",
+    force: bool = False,
+    trust_remote_code: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+) -> Path:
+    out = Path(out)
+    if dtype not in DTYPES:
+        raise VlmSwapError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    check_output_dir(out, force)
+    p = prepare(source, encoder, bare_llm=bare_llm, connector=connector, trust_remote_code=trust_remote_code)
+    require_compatible(p.checks)
+    src, spec, loaded, tokenizer, plan, text_cfg, connector = (
+        p.src,
+        p.spec,
+        p.loaded,
+        p.tokenizer,
+        p.plan,
+        p.text_cfg,
+        p.connector,
+    )
+
+    new_vocab = max(text_cfg.vocab_size, len(tokenizer))
+    new_ids = [tokenizer.convert_tokens_to_ids(t) for t in plan.added]
+    text_cfg.vocab_size = new_vocab
+    text_cfg.pad_token_id = tokenizer.pad_token_id
+    target_dtype = DTYPES[dtype]
+
+    with atomic_dir(out, force=force) as tmp:
+        writer = ShardWriter(tmp)
+        out_dtype = _stream_llm(src, text_cfg, writer, new_vocab, new_ids, target_dtype, progress)
+        enc_module = loaded.module.to(out_dtype)
+        for k, v in enc_module.state_dict().items():
+            writer.add(f"encoder.{k}", v.detach())
+        torch.manual_seed(seed)
+        conn = CONNECTORS.get(connector).build(loaded.module.feature_dim, text_cfg.hidden_size).to(out_dtype)
+        for k, v in conn.state_dict().items():
+            writer.add(f"connector.{k}", v.detach())
+        writer.close()
+
+        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in plan.feature_tokens()}
+        config = SwapVLMConfig(
+            text_config=text_cfg,
+            encoder_config=loaded.config,
+            encoder_kind=spec.kind,
+            encoder_args=loaded.module.args,
+            encoder_dim=loaded.module.feature_dim,
+            connector=connector,
+            image_token_id=ids[plan.image_token],
+            feature_token_ids=list(ids.values()),
+            dtype=out_dtype,
+        )
+        config.architectures = ["SwapVLMForConditionalGeneration"]
+        config.save_pretrained(tmp)
+        processor = SwapVLMProcessor(
+            image_processor=loaded.image_processor,
+            tokenizer=tokenizer,
+            chat_template=p.chat_template,
+            image_token=plan.image_token,
+            image_start=plan.image_start,
+            image_end=plan.image_end,
+            encoder_kind=spec.kind,
+            encoder_args=loaded.module.args,
+            text_only_template=template_is_text_only(tokenizer, p.chat_template, plan.image_token),
+        )
+        processor.save_pretrained(tmp)
+        _generation_config(src, tokenizer).save_pretrained(tmp)
+        write_json(
+            tmp / PROVENANCE_NAME,
+            {
+                "vlm_swap_version": __version__,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "command": "build" if bare_llm else "upgrade",
+                "source": str(source),
+                "source_kind": src.adapter.id,
+                "llm_family": p.family.id,
+                "encoder": str(spec),
+                "encoder_info": loaded.info,
+                "connector": connector,
+                "dtype": str(out_dtype).replace("torch.", ""),
+                "added_tokens": plan.added,
+                "pad_token": plan.pad_token,
+                "versions": _versions(),
+            },
+        )
+    return out
+
+
+def _stream_llm(
+    src: Source,
+    text_cfg: PreTrainedConfig,
+    writer: ShardWriter,
+    new_vocab: int,
+    new_ids: list[int],
+    dtype: torch.dtype | None,
+    progress: bool,
+) -> torch.dtype:
+    """Copy the LLM tensors of ``src`` into ``writer`` as ``language_model.*``; return their dtype."""
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(text_cfg)
+    names = {n for n, _ in skeleton.named_parameters()} | {n for n, _ in skeleton.named_buffers()}
+    grow = {_param_name(skeleton, skeleton.get_input_embeddings())}
+    if skeleton.get_output_embeddings() is not None:
+        grow.add(_param_name(skeleton, skeleton.get_output_embeddings()))
+    tensors = src.tensors()
+    seen, out_dtype = set(), dtype
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task("copying LLM tensors", total=len(tensors))
+        for path in src.weight_files:
+            with open_safetensors(path) as st:
+                for key in st.keys():
+                    bar.advance(task)
+                    part = src.adapter.part_of(key)
+                    if part in ("encoder", "connector"):
+                        continue
+                    llm_key = src.adapter.llm_key(key)
+                    if llm_key is None or llm_key not in names:
+                        raise VlmSwapError(
+                            f"{path.name}: weight {key!r} does not belong to the {src.adapter.id} "
+                            "layout (config/weights mismatch?)"
+                        )
+                    t = st.get_tensor(key)
+                    if out_dtype is None and t.is_floating_point():
+                        out_dtype = t.dtype
+                    if dtype is not None and t.is_floating_point():
+                        t = t.to(dtype)
+                    if llm_key in grow and (new_ids or t.shape[0] != new_vocab):
+                        t = _grow_rows(t, new_vocab, new_ids)
+                    writer.add(f"language_model.{llm_key}", t)
+                    seen.add(llm_key)
+    tied = getattr(text_cfg, "tie_word_embeddings", False)
+    required = {n for n, _ in skeleton.named_parameters()}  # tied params appear once
+    missing = sorted(required - seen - ({_param_name(skeleton, skeleton.get_output_embeddings())} if tied else set()))
+    if missing:
+        raise VlmSwapError(
+            f"the source lacks {len(missing)} LLM weights (first: {missing[0]}): config/weights mismatch"
+        )
+    return out_dtype or torch.float32
+
+
+def _param_name(model: torch.nn.Module, module: torch.nn.Module) -> str:
+    for name, m in model.named_modules():
+        if m is module:
+            return f"{name}.weight"
+    raise VlmSwapError("cannot locate the embedding matrix of the LLM")
+
+
+def _grow_rows(weight: torch.Tensor, rows: int, new_ids: list[int]) -> torch.Tensor:
+    """``[V, D] -> [rows, D]``: old rows kept bit-identical, rows of new tokens set to the mean row."""
+    out = torch.zeros((rows, weight.shape[1]), dtype=weight.dtype)
+    n = min(rows, weight.shape[0])
+    out[:n] = weight[:n]
+    mean = weight.float().mean(0).to(weight.dtype)
+    for i in new_ids:
+        out[i] = mean
+    if rows > weight.shape[0]:
+        out[weight.shape[0] :] = mean
+    return out
+
+
+def _rows_per_image(loaded: LoadedEncoder) -> int:
+    """Rows one default-size image gives (boundaries included), measured on a blank image."""
+    from PIL import Image
+
+    inputs = loaded.image_processor(Image.new("RGB", (512, 512)), return_tensors="pt")
+    backend = type(loaded.module)
+    return backend.image_rows(inputs, 0, loaded.module.args) + (2 if backend.uses_boundaries else 0)
+
+
+def _chat_template(src: Source, tokenizer, trust_remote_code: bool) -> str | None:
+    """The source's processor template (multimodal-aware) when it has one, else the tokenizer's."""
+    if src.adapter.id != "causal-lm":
+        try:
+            processor = AutoProcessor.from_pretrained(str(src.path), trust_remote_code=trust_remote_code)
+            if getattr(processor, "chat_template", None):
+                return processor.chat_template
+        except (OSError, ValueError, TypeError):
+            pass
+    return tokenizer.chat_template
+
+
+def _generation_config(src: Source, tokenizer) -> GenerationConfig:
+    try:
+        gen = GenerationConfig.from_pretrained(str(src.path))
+    except OSError:
+        gen = GenerationConfig.from_model_config(src.text_config)
+    gen.pad_token_id = tokenizer.pad_token_id
+    return gen
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}

@@ -1,0 +1,93 @@
+"""The synthetic image-text world: coloured shapes on a canvas, with captions and questions.
+
+Everything is a pure function of a seed, so the same seed gives the same images and texts on
+every machine. A scene holds 1-3 shapes; each has a colour, a kind and a position (left,
+middle, right). Captions describe the scene; questions ask for a colour, a shape or a count,
+with the short answer that the tiny models learn to give.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw
+
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (230, 210, 40),
+    "purple": (150, 60, 190),
+    "orange": (240, 140, 30),
+}
+SHAPES = ("circle", "square", "triangle")
+POSITIONS = ("left", "middle", "right")
+NUMBERS = ("zero", "one", "two", "three")
+EXTRA_WORDS = (
+    "the a an is are there of in on what which how many image picture shows color shape at "
+    "describe answer with word question yes no and it this one"
+).split()
+
+
+@dataclass(frozen=True)
+class Shape:
+    color: str
+    kind: str
+    position: str
+
+
+@dataclass(frozen=True)
+class Scene:
+    shapes: tuple[Shape, ...]
+    size: tuple[int, int]  # (width, height)
+    seed: int
+
+    def render(self) -> Image.Image:
+        w, h = self.size
+        img = Image.new("RGB", (w, h), (245, 245, 245))
+        draw = ImageDraw.Draw(img)
+        r = max(4, min(w // 8, h // 3))
+        for s in self.shapes:
+            cx = {"left": w // 6, "middle": w // 2, "right": 5 * w // 6}[s.position]
+            cy = h // 2
+            box = (cx - r, cy - r, cx + r, cy + r)
+            fill = COLORS[s.color]
+            if s.kind == "circle":
+                draw.ellipse(box, fill=fill)
+            elif s.kind == "square":
+                draw.rectangle(box, fill=fill)
+            else:
+                draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+        return img
+
+    def caption(self) -> str:
+        parts = [f"a {s.color} {s.kind} on the {s.position}" for s in self.shapes]
+        return "the image shows " + " and ".join(parts) + "."
+
+    def questions(self) -> list[tuple[str, str]]:
+        """(question, short answer) pairs about the scene."""
+        qa = []
+        for s in self.shapes:
+            qa.append((f"what color is the shape on the {s.position}?", s.color))
+            qa.append((f"what shape is on the {s.position}?", s.kind))
+        qa.append(("how many shapes are there?", NUMBERS[len(self.shapes)]))
+        return qa
+
+
+def make_scene(seed: int, size: tuple[int, int] | None = None) -> Scene:
+    rng = random.Random(seed)
+    n = rng.randint(1, 3)
+    positions = rng.sample(POSITIONS, n)
+    shapes = tuple(
+        Shape(rng.choice(list(COLORS)), rng.choice(SHAPES), p) for p in sorted(positions, key=POSITIONS.index)
+    )
+    if size is None:
+        size = (rng.choice((96, 128, 160)), rng.choice((64, 96, 128)))
+    return Scene(shapes, size, seed)
+
+
+def vocabulary() -> list[str]:
+    """Every word the world uses, for building the tiny tokenizers."""
+    words = list(COLORS) + list(SHAPES) + list(POSITIONS) + list(NUMBERS) + list(EXTRA_WORDS)
+    return sorted(set(words))
