@@ -26,7 +26,7 @@ from .connectors import CONNECTORS
 from .encoders import ENCODERS, EncoderSpec, LoadedEncoder
 from .encoders.loading import resolve_source
 from .errors import VlmSwapError
-from .io import PROVENANCE_NAME, ShardWriter, atomic_dir, check_output_dir, write_json
+from .io import DEFAULT_SHARD_BYTES, PROVENANCE_NAME, ShardWriter, atomic_dir, check_output_dir, write_json
 from .llms import LLMFamily, detect_family
 from .modeling import SwapVLMConfig, SwapVLMProcessor
 from .sources import Source, open_safetensors, open_source
@@ -146,6 +146,7 @@ def _assemble(
     force: bool = False,
     trust_remote_code: bool = False,
     seed: int = 0,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: bool = False,
 ) -> Path:
     out = Path(out)
@@ -171,7 +172,7 @@ def _assemble(
     target_dtype = DTYPES[dtype]
 
     with atomic_dir(out, force=force) as tmp:
-        writer = ShardWriter(tmp)
+        writer = ShardWriter(tmp, max_shard_bytes)
         out_dtype = _stream_llm(src, text_cfg, writer, new_vocab, new_ids, target_dtype, progress)
         enc_module = loaded.module.to(out_dtype)
         for k, v in enc_module.state_dict().items():
