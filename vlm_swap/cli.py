@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def _main(debug: bool = typer.Option(False, "--debug/--no-debug", help="Show tra
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -65,6 +67,7 @@ class Listing(str, Enum):
     llms = "llms"
     sources = "sources"
     catalog = "catalog"
+    recipes = "recipes"
 
 
 class DType(str, Enum):
@@ -232,6 +235,55 @@ def generate(
         for piece in generate_answer(model, [str(p) for p in image], prompt, max_new_tokens=max_new_tokens):
             out.print(piece, end="", highlight=False, markup=False)
     out.print()
+
+
+@app.command()
+def train(
+    recipe: str = typer.Argument(..., help="A shipped recipe name (vlm-swap list recipes) or a YAML file."),
+    model: str = typer.Option(..., "--model", help="The upgraded model directory to fine-tune."),
+    data: Path = typer.Option(..., "--data", help="LLaVA JSON/JSONL or messages JSONL."),
+    images: Path = typer.Option(None, "--images", help="Folder the data's image paths are relative to."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Run directory (checkpoints, adapter, loss.png)."),
+    resume: bool = typer.Option(False, "--resume/--no-resume", help="Continue from the newest complete checkpoint."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a recipe field: key.path=value (repeatable)."),
+    skip_bad_rows: bool = typer.Option(
+        False, "--skip-bad-rows/--fail-on-bad-rows", help="Skip malformed rows (reported by line) instead of stopping."
+    ),
+    max_images: int = typer.Option(1, "--max-images", min=1, help="Most images allowed in one sample."),
+    report_to: str = typer.Option("none", "--report-to", help="Trainer loggers: none, tensorboard, wandb, ..."),
+) -> None:
+    """Fine-tune the connector (then LoRA) of an upgraded model with a recipe, on the HF Trainer."""
+    from .train.run import train as run
+
+    with user_errors():
+        path = run(
+            recipe,
+            model,
+            data,
+            out_dir,
+            images=images,
+            overrides=overrides,
+            resume=resume,
+            on_bad_rows="skip" if skip_bad_rows else "fail",
+            max_images=max_images,
+            report_to=report_to,
+            console=out,
+        )
+    out.print(f"run written to [bold]{path}[/] (loss curve: {path / 'loss.png'})")
+
+
+@app.command()
+def merge(
+    run: Path = typer.Argument(..., help="A run directory holding a LoRA adapter."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Where to write the merged model."),
+    force: bool = typer.Option(False, "--force/--no-force", help="Replace a non-empty --out."),
+) -> None:
+    """Fold a run's LoRA adapter (and trained connector) into a full upgraded model."""
+    from .train.run import merge as run_merge
+
+    with user_errors():
+        path = run_merge(run, out_dir, force=force)
+    out.print(f"merged model written to [bold]{path}[/]")
 
 
 @app.command()

@@ -4,33 +4,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from transformers import TextIteratorStreamer
 
-from .errors import VlmSwapError
-
-#: Images above this many pixels are refused before decoding (decompression-bomb guard).
-MAX_IMAGE_PIXELS = 64_000_000
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """An RGB image from a file, with a one-line error for anything that is not a usable image."""
-    path = Path(path)
-    if not path.is_file():
-        raise VlmSwapError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-            if w == 0 or h == 0:
-                raise VlmSwapError(f"image {path} has zero size")
-            if w * h > MAX_IMAGE_PIXELS:
-                raise VlmSwapError(f"image {path} is {w}x{h}, over the {MAX_IMAGE_PIXELS:,}-pixel budget")
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise VlmSwapError(f"not a readable image: {path} ({exc.__class__.__name__})") from exc
+from .images import load_image
 
 
 def build_prompt(processor, prompt: str, n_images: int) -> str:
@@ -50,7 +28,7 @@ def generate_answer(
     if model is None:
         model, processor = load(model_dir)
     text = build_prompt(processor, prompt, len(pictures))
-    inputs = processor(images=pictures, text=text, return_tensors="pt").to(model.device)
+    inputs = processor(images=pictures, text=text, add_special_tokens=False, return_tensors="pt").to(model.device)
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
     kwargs = dict(
         **inputs,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import asdict
 
 from .catalog import CATALOG
@@ -36,6 +37,15 @@ def listing(what: str, pattern: str = "*") -> dict[str, dict]:
         return {k: {"help": s.help, "architectures": ", ".join(s.architectures)} for k, s in SOURCES.items(pattern)}
     if what == "catalog":
         return {k: {key: v for key, v in asdict(e).items() if key != "id"} for k, e in CATALOG.items(pattern)}
+    if what == "recipes":
+        from .train.recipe import load_recipe, shipped_recipes
+
+        rows = {}
+        for name in shipped_recipes():
+            r = load_recipe(name)
+            stages = " -> ".join(stage.summary() for stage in r.stages)
+            rows[name] = {"help": r.description, "stages": stages}
+        return {k: v for k, v in rows.items() if fnmatch.fnmatchcase(k, pattern)}
     raise VlmSwapError(f"nothing to list under {what!r}")
 
 

@@ -60,7 +60,7 @@ class SwapVLMForConditionalGeneration(SwapVLMPreTrainedModel, GenerationMixin):
     def get_image_features(self, **image_inputs) -> torch.Tensor:
         """Encoder rows through the connector: ``[R, D_llm]``."""
         feats = self.encoder(**image_inputs)  # [R, D_enc]
-        return self.connector(feats.to(self.connector[0].weight.dtype))
+        return self.connector(feats.to(next(self.connector.parameters()).dtype))
 
     def placeholder_mask(self, input_ids: torch.Tensor, n_rows: int) -> torch.Tensor:
         ids = torch.tensor(self.config.feature_token_ids, device=input_ids.device)

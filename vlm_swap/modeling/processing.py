@@ -65,13 +65,15 @@ class SwapVLMProcessor(ProcessorMixin):
         n = ENCODERS.get(self.encoder_kind).image_rows(_as_tensors(image_inputs), image_idx, self.encoder_args)
         return self.image_start + self.image_token * n + self.image_end
 
+    def normalize_text(self, text: str) -> str:
+        """Undo a template's own start/end wrapping of the image token (the expansion adds it back)."""
+        if self.image_start or self.image_end:
+            return text.replace(self.image_start + self.image_token + self.image_end, self.image_token)
+        return text
+
     def __call__(self, images=None, text=None, **kwargs):
-        if text is not None and (self.image_start or self.image_end):
-            wrapped = self.image_start + self.image_token + self.image_end
-            if isinstance(text, str):
-                text = text.replace(wrapped, self.image_token)
-            else:
-                text = [t.replace(wrapped, self.image_token) for t in text]
+        if text is not None:
+            text = self.normalize_text(text) if isinstance(text, str) else [self.normalize_text(t) for t in text]
         return super().__call__(images=images, text=text, **kwargs)
 
     def apply_chat_template(self, conversation, chat_template=None, **kwargs):

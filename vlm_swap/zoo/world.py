@@ -8,8 +8,10 @@ with the short answer that the tiny models learn to give.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image, ImageDraw
 
@@ -62,7 +64,9 @@ class Scene:
         return img
 
     def caption(self) -> str:
-        parts = [f"a {s.color} {s.kind} on the {s.position}" for s in self.shapes]
+        parts = [
+            f"{'an' if s.color[0] in 'aeiou' else 'a'} {s.color} {s.kind} on the {s.position}" for s in self.shapes
+        ]
         return "the image shows " + " and ".join(parts) + "."
 
     def questions(self) -> list[tuple[str, str]]:
@@ -91,3 +95,53 @@ def vocabulary() -> list[str]:
     """Every word the world uses, for building the tiny tokenizers."""
     words = list(COLORS) + list(SHAPES) + list(POSITIONS) + list(NUMBERS) + list(EXTRA_WORDS)
     return sorted(set(words))
+
+
+def write_dataset(out_dir: Path, n: int, seed: int = 0, *, fmt: str = "llava", captions: bool = False) -> Path:
+    """``n`` scenes as PNG files under ``out_dir/images`` and a LLaVA JSON (or messages JSONL) file.
+
+    Each row is one question (or one caption request when ``captions``) about one scene; the file
+    is ``out_dir/data.json`` (LLaVA) or ``out_dir/data.jsonl`` (``fmt="messages"``).
+    """
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        scene = make_scene(seed * 1_000_003 + i)
+        name = f"images/{i:05d}.png"
+        scene.render().save(out_dir / name)
+        if captions:
+            question, answer = "describe the image.", scene.caption()
+        else:
+            question, answer = rng.choice(scene.questions())
+        if fmt == "llava":
+            rows.append(
+                {
+                    "id": str(i),
+                    "image": name,
+                    "conversations": [
+                        {"from": "human", "value": f"<image>\n{question}"},
+                        {"from": "gpt", "value": answer},
+                    ],
+                }
+            )
+        else:
+            rows.append(
+                {
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [{"type": "image", "image": name}, {"type": "text", "text": question}],
+                        },
+                        {"role": "assistant", "content": answer},
+                    ]
+                }
+            )
+    if fmt == "llava":
+        path = out_dir / "data.json"
+        path.write_text(json.dumps(rows, indent=1))
+    else:
+        path = out_dir / "data.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -1,0 +1,1 @@
+"""Alignment fine-tuning: recipes, the freeze/LoRA plan, data, and the HF Trainer wiring."""

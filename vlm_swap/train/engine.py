@@ -1,0 +1,141 @@
+"""The HF Trainer wiring: one Trainer per stage, per-component learning rates, checkpoints, resume.
+
+Everything a training loop does (accumulation, mixed precision, checkpoints with optimizer,
+scheduler and RNG state, logging via ``report_to``, DDP / FSDP / DeepSpeed through
+accelerate/torchrun) is the HF Trainer's; this module only maps a recipe stage onto
+``TrainingArguments`` and gives the optimizer one parameter group per component.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .plan import component_of
+from .recipe import COMPONENTS, Stage
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+SCHEDULER_NAMES = {"cosine": "cosine", "wsd": "warmup_stable_decay", "linear": "linear", "constant": "constant"}
+
+
+def training_arguments(stage: Stage, stage_dir: Path, *, report_to: str, eval_enabled: bool) -> TrainingArguments:
+    on_gpu = torch.cuda.is_available()
+    kwargs = {}
+    if stage.scheduler == "wsd":
+        steps = stage.steps or 0
+        kwargs["lr_scheduler_kwargs"] = {"num_decay_steps": max(1, int(stage.decay_ratio * steps))} if steps else {}
+    return TrainingArguments(
+        output_dir=str(stage_dir),
+        max_steps=stage.steps if stage.steps is not None else -1,
+        num_train_epochs=stage.epochs if stage.epochs is not None else 1.0,
+        per_device_train_batch_size=stage.batch_size,
+        per_device_eval_batch_size=stage.batch_size,
+        gradient_accumulation_steps=stage.grad_accum,
+        learning_rate=stage.lr,
+        lr_scheduler_type=SCHEDULER_NAMES[stage.scheduler],
+        warmup_steps=stage.warmup_ratio,
+        weight_decay=stage.weight_decay,
+        adam_beta1=stage.adam_beta1,
+        adam_beta2=stage.adam_beta2,
+        optim="adamw_torch",
+        bf16=on_gpu and stage.precision == "bf16",
+        fp16=on_gpu and stage.precision == "fp16",
+        activation_checkpointing=stage.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if stage.gradient_checkpointing else None,
+        save_strategy="steps",
+        save_steps=stage.save_steps,
+        save_total_limit=stage.save_total_limit,
+        eval_strategy="steps" if eval_enabled and stage.eval_steps else "no",
+        eval_steps=stage.eval_steps if eval_enabled else None,
+        logging_steps=stage.logging_steps,
+        logging_first_step=True,
+        seed=stage.seed,
+        data_seed=stage.seed,
+        report_to=report_to,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+        use_cpu=not on_gpu,
+        ddp_find_unused_parameters=False,
+        **kwargs,
+    )
+
+
+class SwapTrainer(Trainer):
+    """The HF Trainer with one optimizer parameter group per component (its own lr), decay-aware."""
+
+    def __init__(self, *args, stage: Stage, **kwargs):
+        self.stage = stage
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None:
+            return self.optimizer
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups = []
+        for comp in COMPONENTS:
+            lr = self.stage.plan(comp).lr or self.stage.lr
+            for with_decay in (True, False):
+                params = [
+                    p
+                    for n, p in opt_model.named_parameters()
+                    if p.requires_grad and component_of(n) == comp and (n in decay) == with_decay
+                ]
+                if params:
+                    wd = self.args.weight_decay if with_decay else 0.0
+                    groups.append({"params": params, "lr": lr, "weight_decay": wd, "name": f"{comp}"})
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+
+def newest_checkpoint(stage_dir: Path) -> Path | None:
+    """The newest checkpoint of a stage that was written completely (state, optimizer, scheduler)."""
+    if not stage_dir.is_dir():
+        return None
+    found = []
+    for p in stage_dir.iterdir():
+        m = CHECKPOINT.match(p.name)
+        if m and p.is_dir() and all((p / f).is_file() for f in ("trainer_state.json", "optimizer.pt", "scheduler.pt")):
+            found.append((int(m.group(1)), p))
+    return max(found)[1] if found else None
+
+
+class RichProgress(TrainerCallback):
+    """A rich progress line per stage: step, loss, lr, tokens/s, ETA."""
+
+    def __init__(self, progress, stage_label: str):
+        self.progress = progress
+        self.label = stage_label
+        self.task = None
+        self.loss = float("nan")
+        self.lr = 0.0
+        self._t0 = None
+        self._tokens0 = 0
+        self._step0 = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import time
+
+        self._t0 = time.perf_counter()
+        self._tokens0 = state.num_input_tokens_seen
+        self._step0 = state.global_step
+        self.task = self.progress.add_task(self.label, total=state.max_steps, completed=state.global_step, info="")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        self.loss = logs.get("loss", self.loss)
+        self.lr = logs.get("learning_rate", self.lr)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import time
+
+        elapsed = max(time.perf_counter() - self._t0, 1e-9)
+        tok_s = (state.num_input_tokens_seen - self._tokens0) / elapsed
+        info = f"loss {self.loss:.4f}  lr {self.lr:.2e}  {tok_s:,.0f} tok/s"
+        self.progress.update(self.task, completed=state.global_step, info=info)

@@ -1,0 +1,244 @@
+"""``vlm-swap train``: run a recipe's stages on an upgraded model, and ``merge`` the result.
+
+A run directory holds the resolved ``recipe.yaml``, one folder per stage with the Trainer's
+``checkpoint-N/`` folders and a ``final/`` folder written atomically when the stage ends, and at
+the root the result: a peft adapter (``adapter_config.json`` + ``adapter_model.safetensors``,
+connector included) when the recipe uses LoRA, else a full model; plus ``run.json`` and
+``loss.png``. ``--resume`` skips finished stages and continues the current one from its newest
+complete checkpoint (optimizer, scheduler, RNG and data position included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import load_file
+from transformers.trainer_callback import PrinterCallback
+
+from ..errors import VlmSwapError
+from ..io import PROVENANCE_NAME, atomic_dir, read_json, write_json
+from ..llms import LLMS
+from .data import Collator, Encoder, SwapDataset, load_dataset
+from .engine import RichProgress, SwapTrainer, newest_checkpoint, training_arguments
+from .plan import apply_stage, run_plan, wrap
+from .recipe import Recipe, load_recipe, recipe_to_dict
+
+RECIPE_NAME = "recipe.yaml"
+RUN_NAME = "run.json"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _stage_dir(run: Path, index: int, recipe: Recipe) -> Path:
+    return run / f"stage-{index + 1}-{recipe.stages[index].name}"
+
+
+def _check_run_dir(run: Path, recipe: Recipe, resume: bool) -> None:
+    stored = run / RECIPE_NAME
+    if resume:
+        if not stored.is_file():
+            raise VlmSwapError(f"nothing to resume in {run}: no {RECIPE_NAME}")
+        if yaml.safe_load(stored.read_text()) != recipe_to_dict(recipe):
+            raise VlmSwapError(f"the recipe differs from the one the run in {run} started with ({stored})")
+    elif run.exists() and any(run.iterdir()):
+        raise VlmSwapError(f"run directory {run} is not empty; pass --resume to continue it or choose another --out")
+
+
+def _empty_think(model_dir: Path) -> str | None:
+    prov = model_dir / PROVENANCE_NAME
+    family = read_json(prov).get("llm_family") if prov.is_file() else None
+    return LLMS.get(family).empty_think if family in LLMS else None
+
+
+def train(
+    recipe: str,
+    model_dir: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    images: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    resume: bool = False,
+    on_bad_rows: str = "fail",
+    max_images: int = 1,
+    report_to: str = "none",
+    progress: bool = True,
+    console=None,
+) -> Path:
+    """Run ``recipe`` on the upgraded model in ``model_dir``; return the run directory."""
+    from ..api import load
+
+    spec = load_recipe(recipe, overrides)  # validated before any model is loaded
+    run = Path(out).expanduser().absolute()
+    if _rank() == 0:
+        _check_run_dir(run, spec, resume)
+    model, processor = load(model_dir)
+    model_path = Path(model.config._name_or_path)
+    max_length = max(s.max_length for s in spec.stages)
+    encoder = Encoder(processor, max_length, _empty_think(model_path))
+    samples, report = load_dataset(data, images, encoder, max_images=max_images, on_bad_rows=on_bad_rows)
+    if console is not None and _rank() == 0:
+        console.print(f"data: {report.summary()}")
+    plan = run_plan(spec)
+    model = wrap(model, plan)
+    if _rank() == 0:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / RECIPE_NAME).write_text(yaml.safe_dump(recipe_to_dict(spec), sort_keys=False))
+    dataset = SwapDataset(samples, encoder)
+    collator = Collator(processor.tokenizer.pad_token_id)
+    summary = {"model": str(model_path), "data": str(data), "data_report": report.__dict__, "stages": []}
+
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, disable=not progress or _rank() != 0, console=console) as bar:
+        for i, stage in enumerate(spec.stages):
+            stage_dir = _stage_dir(run, i, spec)
+            final = stage_dir / "final"
+            counts = apply_stage(model, stage)
+            if resume and final.is_dir():
+                _load_trained_state(model, final)
+                summary["stages"].append({"name": stage.name, "trainable": counts, "skipped": "finished earlier"})
+                continue
+            encoder.max_length = stage.max_length
+            args = training_arguments(stage, stage_dir, report_to=report_to, eval_enabled=False)
+            label = f"stage {i + 1}/{len(spec.stages)} {stage.name}"
+            trainer = SwapTrainer(
+                model=model,
+                args=args,
+                train_dataset=dataset,
+                data_collator=collator,
+                stage=stage,
+                callbacks=[RichProgress(bar, label)],
+            )
+            trainer.remove_callback(PrinterCallback)
+            checkpoint = newest_checkpoint(stage_dir) if resume else None
+            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            if trainer.is_world_process_zero():
+                with atomic_dir(final, force=True) as tmp:
+                    trainer.model.save_pretrained(tmp)
+                    write_json(tmp / "log_history.json", trainer.state.log_history)
+            trainer.accelerator.wait_for_everyone()
+            summary["stages"].append(
+                {
+                    "name": stage.name,
+                    "trainable": counts,
+                    "steps": trainer.state.global_step,
+                    "train_loss": result.training_loss,
+                    "resumed_from": str(checkpoint or ""),
+                }
+            )
+    if _rank() == 0:
+        _publish(run, _stage_dir(run, len(spec.stages) - 1, spec) / "final", processor, plan.uses_peft)
+        summary["final_loss"] = _last_loss(run, spec)
+        write_json(run / RUN_NAME, summary)
+        plot_losses(run, spec)
+    return run
+
+
+def _load_trained_state(model: torch.nn.Module, final: Path) -> None:
+    """Load a finished stage's trained weights (adapter or full model) into the live model."""
+    adapter = final / "adapter_model.safetensors"
+    if adapter.is_file():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(adapter)))
+        return
+    state = {}
+    for f in sorted(final.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    model.load_state_dict(state, strict=False)
+
+
+def _publish(run: Path, final: Path, processor, peft: bool) -> None:
+    """Copy the last stage's result to the run root (files replaced one by one, config last)."""
+    names = sorted(p.name for p in final.iterdir() if p.name != "log_history.json")
+    names.sort(key=lambda n: n in (ADAPTER_CONFIG, "config.json"))
+    if not peft:
+        processor.save_pretrained(final)
+        names = sorted(p.name for p in final.iterdir() if p.name != "log_history.json")
+    for name in names:
+        tmp = run / f".{name}.tmp"
+        shutil.copyfile(final / name, tmp)
+        os.replace(tmp, run / name)
+
+
+def _histories(run: Path, recipe: Recipe) -> list[tuple[str, list[dict]]]:
+    out = []
+    for i, stage in enumerate(recipe.stages):
+        path = _stage_dir(run, i, recipe) / "final" / "log_history.json"
+        out.append((stage.name, json.loads(path.read_text()) if path.is_file() else []))
+    return out
+
+
+def _last_loss(run: Path, recipe: Recipe) -> float | None:
+    losses = [e["loss"] for _, h in _histories(run, recipe) for e in h if "loss" in e]
+    return losses[-1] if losses else None
+
+
+def plot_losses(run: Path, recipe: Recipe) -> Path:
+    """``loss.png``: training loss against the global step, stages side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    offset = 0
+    for name, history in _histories(run, recipe):
+        points = [(e["step"] + offset, e["loss"]) for e in history if "loss" in e]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker=".", label=name)
+        steps = [e["step"] for e in history if "step" in e]
+        if steps:
+            offset += max(steps)
+            ax.axvline(offset, color="grey", lw=0.5, ls="--")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{recipe.name}")
+    ax.legend()
+    fig.tight_layout()
+    path = run / "loss.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def merge(run: str | Path, out: str | Path, *, force: bool = False) -> Path:
+    """Fold the run's LoRA adapter into its base model; write a full upgraded model to ``out``."""
+    from peft import PeftModel
+
+    from ..api import load
+
+    run = Path(run)
+    cfg = run / ADAPTER_CONFIG
+    if not cfg.is_file():
+        raise VlmSwapError(
+            f"{run} holds no LoRA adapter ({ADAPTER_CONFIG}); a run without LoRA is a full model already"
+        )
+    base = read_json(cfg).get("base_model_name_or_path")
+    if not base:
+        raise VlmSwapError(f"{cfg} does not name its base model")
+    model, processor = load(base)
+    merged = PeftModel.from_pretrained(model, str(run)).merge_and_unload()
+    with atomic_dir(out, force=force) as tmp:
+        merged.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        prov = read_json(Path(base) / PROVENANCE_NAME) if (Path(base) / PROVENANCE_NAME).is_file() else {}
+        prov["merged_from"] = str(run.absolute())
+        write_json(tmp / PROVENANCE_NAME, prov)
+    return Path(out)
