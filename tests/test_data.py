@@ -104,7 +104,7 @@ def test_two_images_where_one_is_allowed(tmp_path, upgraded):
 def test_too_long_samples_are_dropped_not_truncated(tmp_path, upgraded):
     _, processor = vlm_swap.load(upgraded)
     path = write_dataset(tmp_path, 3, seed=2)
-    with pytest.raises(DataError, match="no usable rows .*3 too long"):
+    with pytest.raises(DataError, match=r"no usable rows .*3 too long \(dropped: line 1, 2, 3\)"):
         load_dataset(path, tmp_path, Encoder(processor, 12))
     long_answer = tmp_path / "long.json"
     rows = json.loads(path.read_text())

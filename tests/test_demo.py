@@ -14,19 +14,18 @@ def _cmd():
     return [exe] if exe else [sys.executable, "-m", "vlm_swap.cli"]
 
 
-def test_demo_runs_every_step(tmp_path):
+def test_demo_aligns_the_upgraded_model(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "demo"
-    done = subprocess.run([*_cmd(), "demo", "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr
-    for step in ("inspect", "check the pair", "upgrade", "generate"):
+    done = subprocess.run([*_cmd(), "demo", "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for step in ("inspect", "check the pair", "upgrade", "evaluate before", "align", "evaluate after", "generate"):
         assert step in done.stdout
-    summary = json.loads((out / "demo.json").read_text())
-    assert (out / "upgraded" / "config.json").is_file()
-    assert summary["pair_verdict"] in ("ok", "warn")
-    # a second run reuses its own folder; a foreign non-empty folder is refused
-    again = subprocess.run([*_cmd(), "demo", "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
-    assert again.returncode == 0, again.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["after"]["accuracy"] - report["before"]["accuracy"] >= 0.3, report
+    assert (out / "loss.png").stat().st_size > 1000
+    assert (out / "run" / "adapter_model.safetensors").is_file()
+
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")

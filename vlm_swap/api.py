@@ -9,6 +9,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from .encoders.loading import load_pretrained, resolve_source
 from .errors import VlmSwapError
+from .io import read_json
 from .modeling import SwapVLMForConditionalGeneration, SwapVLMProcessor
 
 
@@ -19,7 +20,20 @@ def load(
     device: str | None = None,
     trust_remote_code: bool = False,
 ) -> tuple[SwapVLMForConditionalGeneration, SwapVLMProcessor]:
-    """Load an upgraded model and its processor (safetensors only), in eval mode."""
+    """Load an upgraded model and its processor (safetensors only), in eval mode.
+
+    ``path`` may also be a training run holding a LoRA adapter: its base model is loaded and the
+    adapter (with the trained connector) applied through peft.
+    """
+    adapter = Path(path) / "adapter_config.json"
+    if adapter.is_file():
+        from peft import PeftModel
+
+        base = read_json(adapter).get("base_model_name_or_path")
+        if not base:
+            raise VlmSwapError(f"{adapter} does not name its base model")
+        model, processor = load(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        return PeftModel.from_pretrained(model, str(path)).eval(), processor
     local = resolve_source(str(path))
     model = load_pretrained(AutoModelForImageTextToText, local, dtype=dtype, trust_remote_code=trust_remote_code)
     if not isinstance(model, SwapVLMForConditionalGeneration):
@@ -28,3 +42,15 @@ def load(
     if device:
         model = model.to(device)
     return model.eval(), processor
+
+
+def load_any(path: str | Path, *, trust_remote_code: bool = False):
+    """A vlm-swap model (or run), or any transformers image-text model such as a llava-hf source."""
+    local = Path(path)
+    if (local / "adapter_config.json").is_file():
+        return load(path, trust_remote_code=trust_remote_code)
+    resolved = resolve_source(str(path))
+    if read_json(Path(resolved) / "config.json").get("model_type") == "swap_vlm":
+        return load(resolved, trust_remote_code=trust_remote_code)
+    model = load_pretrained(AutoModelForImageTextToText, resolved, dtype=None, trust_remote_code=trust_remote_code)
+    return model.eval(), AutoProcessor.from_pretrained(resolved, trust_remote_code=trust_remote_code)

@@ -272,6 +272,43 @@ def train(
     out.print(f"run written to [bold]{path}[/] (loss curve: {path / 'loss.png'})")
 
 
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Argument(..., help="An upgraded model, a training run, or any image-text model."),
+    data: Path = typer.Option(None, "--data", help="Image questions (LLaVA JSON/JSONL or messages JSONL)."),
+    images: Path = typer.Option(None, "--images", help="Folder the data's image paths are relative to."),
+    text_data: Path = typer.Option(None, "--text-data", help="Text-only rows: perplexity of their answers."),
+    baseline: str = typer.Option(None, "--baseline", help="A model to compare with (e.g. the source VLM)."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Score at most N rows of each file."),
+    report: Path = typer.Option(None, "--out", "-o", help="Write the scores as JSON to this file."),
+    as_json: bool = typer.Option(False, "--json/--no-json", help="Print JSON instead of a table."),
+) -> None:
+    """Accuracy on image questions and text perplexity, against a baseline when given."""
+    from .evaluation import evaluate
+
+    with user_errors():
+        if data is None and text_data is None:
+            raise VlmSwapError("nothing to evaluate: pass --data and/or --text-data")
+        result = evaluate(
+            model, data, images, text_data, baseline=baseline, limit=limit, report=report, progress=not as_json
+        )
+    if as_json:
+        _print_json(result)
+        return
+    _print_scores(result)
+
+
+def _print_scores(result: dict) -> None:
+    from .evaluation import flat_scores
+
+    columns = [k for k in ("baseline", "model") if k in result]
+    table = Table("metric", *columns, title="evaluation")
+    rows = {name: flat_scores(result[name]) for name in columns}
+    for metric in dict.fromkeys(m for r in rows.values() for m in r):
+        table.add_row(metric, *(f"{rows[c][metric]:.4g}" if metric in rows[c] else "-" for c in columns))
+    out.print(table)
+
+
 @app.command()
 def merge(
     run: Path = typer.Argument(..., help="A run directory holding a LoRA adapter."),

@@ -46,7 +46,11 @@ class DataReport:
     too_long: list[int] = field(default_factory=list)
 
     def summary(self) -> str:
-        return f"{self.kept}/{self.rows} rows kept, {len(self.bad)} malformed, {len(self.too_long)} too long"
+        text = f"{self.kept}/{self.rows} rows kept, {len(self.bad)} malformed, {len(self.too_long)} too long"
+        if self.too_long:
+            lines = ", ".join(map(str, self.too_long[:10])) + (", ..." if len(self.too_long) > 10 else "")
+            text += f" (dropped: line {lines})"
+        return text
 
 
 def read_rows(path: Path) -> list[tuple[int, Any]]:
@@ -163,7 +167,9 @@ class Encoder:
         self.image_token_id = processor.image_token_id
 
     def _render(self, messages: list[dict], **kwargs) -> str:
-        return self.processor.normalize_text(self.processor.apply_chat_template(messages, tokenize=False, **kwargs))
+        text = self.processor.apply_chat_template(messages, tokenize=False, **kwargs)
+        normalize = getattr(self.processor, "normalize_text", None)  # SwapVLMProcessor; others need none
+        return normalize(text) if normalize else text
 
     def answer_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
         full = self._render(messages)

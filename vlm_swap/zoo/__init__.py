@@ -1,23 +1,37 @@
 """The embedded default: tiny real models and a synthetic image-text world, built offline.
 
 ``build_default(root)`` writes the demo's two checkpoints: an "existing" llava-hf VLM
-(Llama-2-style LLM + CLIP tower) and a Qwen3-VL small VLM to use as the perceiver.
+(Llama-2-style LLM + CLIP tower) that answers the synthetic world's questions, and a Qwen3-VL
+small VLM that describes its images, to use as the perceiver. Both were pretrained on the world
+by ``python -m vlm_swap.zoo.pretrain`` and are shipped in ``vlm_swap/zoo/pretrained/``.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+from ..errors import VlmSwapError
 from .models import build_llava, build_llm, build_perceiver, build_vit
-from .world import make_scene
+from .world import make_scene, write_dataset
+
+PRETRAINED = Path(__file__).resolve().parent / "pretrained"
 
 
 def build_default(root: Path) -> dict[str, Path]:
+    """Copy the shipped pretrained tiny models to ``root`` (a fresh copy each time)."""
     root = Path(root)
-    return {
-        "source": build_llava(root / "tiny-llava", llm="llama2", vision="clip"),
-        "perceiver": build_perceiver(root / "tiny-qwen3-vl", family="qwen3_vl"),
-    }
+    out = {}
+    for key, name in (("source", "tiny-llava"), ("perceiver", "tiny-qwen3-vl")):
+        src = PRETRAINED / name
+        if not (src / "model.safetensors").is_file():
+            raise VlmSwapError(
+                f"the embedded model {name} is missing from {PRETRAINED}; "
+                "regenerate it with `python -m vlm_swap.zoo.pretrain`"
+            )
+        shutil.rmtree(root / name, ignore_errors=True)
+        out[key] = Path(shutil.copytree(src, root / name))
+    return out
 
 
-__all__ = ["build_default", "build_llava", "build_llm", "build_perceiver", "build_vit", "make_scene"]
+__all__ = ["build_default", "build_llava", "build_llm", "build_perceiver", "build_vit", "make_scene", "write_dataset"]

@@ -49,9 +49,9 @@ def vision_parts(kind: str, image_size: int = 64, patch: int = 16):
     tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     if kind == "clip":
         cfg = tf.CLIPVisionConfig(image_size=image_size, patch_size=patch, projection_dim=32, **tower)
-        proc = tf.CLIPImageProcessor(
-            size={"shortest_edge": image_size},
-            crop_size={"height": image_size, "width": image_size},
+        proc = tf.CLIPImageProcessor(  # resized without a crop, so shapes on the left and right stay in view
+            size={"height": image_size, "width": image_size},
+            do_center_crop=False,
             image_mean=CLIP_MEAN,
             image_std=CLIP_STD,
         )
@@ -79,6 +79,9 @@ def build_llava(out: Path, *, llm: str = "llama2", vision: str = "clip", seed: i
     torch.manual_seed(seed)
     tok = make_tokenizer(LLM_STYLE[llm])
     tok.add_tokens(["<image>"], special_tokens=True)
+    if tok.pad_token is None:  # llava-hf checkpoints add a <pad> token to Llama tokenizers
+        tok.add_tokens(["<pad>"], special_tokens=True)
+        tok.pad_token = "<pad>"
     image_token_id = tok.convert_tokens_to_ids("<image>")
     vcfg, image_proc = vision_parts(vision)
     strategy = "default" if vision == "clip" else "full"

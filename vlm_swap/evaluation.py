@@ -1,0 +1,198 @@
+"""``vlm-swap eval``: image-question accuracy and a text-only score, before/after.
+
+Image questions are LLaVA/messages rows whose last assistant turn is the reference. A row with
+``options`` (a list of strings) is scored as multiple choice: the option with the highest mean
+log-likelihood is the model's answer. Other rows are scored by exact match of the greedy answer
+(lower-cased, stripped of surrounding spaces and end punctuation). The text-only score is the
+perplexity of the answers of text-only rows (no images), to measure how much of the LLM's text
+ability a fine-tune has kept against the source model.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import Progress
+
+from .errors import VlmSwapError
+from .images import load_image
+from .train.data import IGNORE, Encoder, Sample, load_dataset, read_rows
+
+
+def normalize(text: str) -> str:
+    text = text.strip().splitlines()[0] if text.strip() else ""
+    return re.sub(r"[\s.!?,;:]+$", "", text.strip().lower())
+
+
+def _prompt_and_reference(sample: Sample) -> tuple[list[dict], str]:
+    last = max(i for i, m in enumerate(sample.messages) if m["role"] == "assistant")
+    reference = "".join(c.get("text", "") for c in sample.messages[last]["content"])
+    return sample.messages[:last], reference
+
+
+@torch.inference_mode()
+def qa_accuracy(
+    model,
+    processor,
+    samples: list[Sample],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 8,
+    progress: bool = False,
+    label: str = "eval",
+) -> dict[str, Any]:
+    """Exact-match accuracy of greedy answers; returns accuracy, count and a few examples."""
+    tok = processor.tokenizer
+    side, tok.padding_side = tok.padding_side, "left"
+    correct, examples = 0, []
+    try:
+        with Progress(transient=True, disable=not progress) as bar:
+            task = bar.add_task(label, total=len(samples))
+            for start in range(0, len(samples), batch_size):
+                chunk = samples[start : start + batch_size]
+                texts, images, refs = [], [], []
+                for s in chunk:
+                    messages, ref = _prompt_and_reference(s)
+                    texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+                    images.extend(load_image(p) for p in s.images)
+                    refs.append(ref)
+                inputs = processor(
+                    images=images or None, text=texts, padding=True, add_special_tokens=False, return_tensors="pt"
+                ).to(model.device)
+                out = model.generate(
+                    **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+                )
+                answers = tok.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+                for ans, ref in zip(answers, refs, strict=True):
+                    ok = normalize(ans) == normalize(ref)
+                    correct += ok
+                    if len(examples) < 5:
+                        examples.append({"answer": ans.strip(), "reference": ref, "correct": ok})
+                bar.advance(task, len(chunk))
+    finally:
+        tok.padding_side = side
+    return {"accuracy": correct / max(len(samples), 1), "n": len(samples), "examples": examples}
+
+
+@torch.inference_mode()
+def choice_accuracy(model, encoder: Encoder, rows: list[tuple[Sample, list[str]]]) -> dict[str, Any]:
+    """Multiple choice: the option with the highest mean log-likelihood of its answer tokens."""
+    correct = 0
+    for sample, options in rows:
+        messages, ref = _prompt_and_reference(sample)
+        scores = []
+        for opt in options:
+            s = Sample(
+                sample.line,
+                [*messages, {"role": "assistant", "content": [{"type": "text", "text": opt}]}],
+                sample.images,
+            )
+            scores.append(-_mean_nll(model, encoder(s)))
+        correct += normalize(options[max(range(len(options)), key=scores.__getitem__)]) == normalize(ref)
+    return {"accuracy": correct / max(len(rows), 1), "n": len(rows)}
+
+
+def _mean_nll(model, enc: dict[str, torch.Tensor]) -> float:
+    batch = {k: (v.unsqueeze(0) if k in ("input_ids", "labels") else v).to(model.device) for k, v in enc.items()}
+    return float(model(**batch).loss)
+
+
+@torch.inference_mode()
+def text_perplexity(model, encoder: Encoder, samples: list[Sample]) -> dict[str, Any]:
+    """Perplexity of the answer tokens of text-only rows (token-weighted)."""
+    total, count = 0.0, 0
+    for s in samples:
+        enc = encoder(s)
+        n = int((enc["labels"][1:] != IGNORE).sum())
+        total += _mean_nll(model, enc) * n
+        count += n
+    if count == 0:
+        raise VlmSwapError("the text data has no answer tokens to score")
+    return {"perplexity": math.exp(total / count), "tokens": count}
+
+
+def _options(path: Path) -> dict[int, list[str]]:
+    return {
+        n: row["options"]
+        for n, row in read_rows(path)
+        if isinstance(row, dict) and isinstance(row.get("options"), list)
+    }
+
+
+def score(
+    model,
+    processor,
+    data: Path | None,
+    images: Path | None,
+    text_data: Path | None,
+    *,
+    empty_think: str | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+    label: str = "eval",
+) -> dict[str, Any]:
+    """All scores of one model on the given data."""
+    encoder = Encoder(processor, 4096, empty_think)
+    result: dict[str, Any] = {}
+    if data is not None:
+        samples, report = load_dataset(data, images, encoder, max_images=8)
+        samples = samples[:limit] if limit else samples
+        options = _options(Path(data))
+        mc = [(s, options[s.line]) for s in samples if s.line in options]
+        open_ended = [s for s in samples if s.line not in options]
+        if open_ended:
+            result.update(qa_accuracy(model, processor, open_ended, progress=progress, label=label))
+        if mc:
+            result["choice"] = choice_accuracy(model, encoder, mc)
+            if not open_ended:
+                result["accuracy"] = result["choice"]["accuracy"]
+    if text_data is not None:
+        samples, _ = load_dataset(text_data, None, encoder, max_images=0)
+        result["text"] = text_perplexity(model, encoder, samples[:limit] if limit else samples)
+    return result
+
+
+def flat_scores(result: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers of a ``score`` result, for tables."""
+    out = {}
+    if "accuracy" in result:
+        out["accuracy"] = result["accuracy"]
+    if "choice" in result:
+        out["choice accuracy"] = result["choice"]["accuracy"]
+    if "text" in result:
+        out["text perplexity"] = result["text"]["perplexity"]
+    return out
+
+
+def evaluate(
+    model: str,
+    data: Path | None,
+    images: Path | None,
+    text_data: Path | None,
+    *,
+    baseline: str | None = None,
+    limit: int | None = None,
+    report: Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Score ``model`` (and ``baseline``) on the same data; write ``report`` as JSON when given."""
+    from .api import load_any
+    from .io import write_json
+
+    result: dict[str, Any] = {}
+    for name, path in (("baseline", baseline), ("model", model)):
+        if path is None:
+            continue
+        m, processor = load_any(path)
+        result[name] = {
+            "path": str(path),
+            **score(m, processor, data, images, text_data, limit=limit, progress=progress, label=name),
+        }
+        del m
+    if report is not None:
+        write_json(Path(report), result)
+    return result
