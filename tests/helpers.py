@@ -21,3 +21,11 @@ def ask(processor, n_images: int, question: str = "what color is the shape on th
     return processor.apply_chat_template(
         [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
     )
+
+
+def cli_command() -> list[str]:
+    """The ``vlm-swap`` console script of the running environment (or ``python -m vlm_swap.cli``)."""
+    import sys
+
+    script = Path(sys.executable).with_name("vlm-swap")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "vlm_swap.cli"]

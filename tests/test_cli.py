@@ -6,13 +6,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner
 
 from vlm_swap.cli import app
 from vlm_swap.zoo import make_scene
+
+from .helpers import cli_command
 
 runner = CliRunner()
 
@@ -178,8 +179,7 @@ def test_debug_shows_the_traceback(tmp_path, vit):
 
 def test_console_script_as_subprocess(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    exe = shutil.which("vlm-swap") or ""
-    cmd = [exe] if exe else [sys.executable, "-m", "vlm_swap.cli"]
+    cmd = cli_command()
     done = subprocess.run([*cmd, "list", "encoders", "--json"], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert {"perceiver", "hf-vit"} <= set(json.loads(done.stdout))

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 
-
-def _cmd():
-    exe = shutil.which("vlm-swap")
-    return [exe] if exe else [sys.executable, "-m", "vlm_swap.cli"]
+from .helpers import cli_command
 
 
 def test_demo_aligns_the_upgraded_model(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "demo"
-    done = subprocess.run([*_cmd(), "demo", "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [*cli_command(), "demo", "--out", str(out)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     for step in ("inspect", "check the pair", "upgrade", "evaluate before", "align", "evaluate after", "generate"):
         assert step in done.stdout
@@ -30,7 +27,7 @@ def test_demo_aligns_the_upgraded_model(tmp_path):
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
     refused = subprocess.run(
-        [*_cmd(), "demo", "--out", str(foreign)], capture_output=True, text=True, env=env, timeout=300
+        [*cli_command(), "demo", "--out", str(foreign)], capture_output=True, text=True, env=env, timeout=300
     )
     assert refused.returncode != 0 and "not empty" in refused.stderr
     assert (foreign / "keep.txt").read_text() == "mine"

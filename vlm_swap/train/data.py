@@ -75,7 +75,8 @@ def read_rows(path: Path) -> list[tuple[int, Any]]:
     return rows
 
 
-def _text_with_images(text: str, n_images_left: int) -> list[dict]:
+def _text_with_images(text: str) -> list[dict]:
+    """LLaVA-style text with ``<image>`` markers -> content entries."""
     parts = text.split("<image>")
     content: list[dict] = []
     for i, part in enumerate(parts):
@@ -101,7 +102,7 @@ def parse_row(row: Any, images_dir: Path | None, max_images: int) -> tuple[list[
         for t in turns:
             if not isinstance(t, dict) or t.get("from") not in ROLE_OF or not isinstance(t.get("value"), str):
                 raise RowError("each conversation turn needs 'from' (human/gpt/system) and a string 'value'")
-            messages.append({"role": ROLE_OF[t["from"]], "content": _text_with_images(t["value"], 0)})
+            messages.append({"role": ROLE_OF[t["from"]], "content": _text_with_images(t["value"])})
         image = row.get("image")
         paths = [] if image is None else [image] if isinstance(image, str) else image
     elif "messages" in row:
@@ -114,7 +115,7 @@ def parse_row(row: Any, images_dir: Path | None, max_images: int) -> tuple[list[
                 raise RowError("each message needs a 'role' of user/assistant/system")
             content = m.get("content")
             if isinstance(content, str):
-                items = _text_with_images(content, 0)
+                items = _text_with_images(content)
             elif isinstance(content, list):
                 items = []
                 for item in content:

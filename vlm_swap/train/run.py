@@ -130,6 +130,8 @@ def train(
             if trainer.is_world_process_zero():
                 with atomic_dir(final, force=True) as tmp:
                     trainer.model.save_pretrained(tmp)
+                    if not plan.uses_peft:  # a full model: make it loadable on its own
+                        _write_model_extras(tmp, processor, model_path, trained_by=str(run))
                     write_json(tmp / "log_history.json", trainer.state.log_history)
             trainer.accelerator.wait_for_everyone()
             summary["stages"].append(
@@ -142,7 +144,7 @@ def train(
                 }
             )
     if _rank() == 0:
-        _publish(run, _stage_dir(run, len(spec.stages) - 1, spec) / "final", processor, plan.uses_peft)
+        _publish(run, _stage_dir(run, len(spec.stages) - 1, spec) / "final")
         summary["final_loss"] = _last_loss(run, spec)
         write_json(run / RUN_NAME, summary)
         plot_losses(run, spec)
@@ -163,17 +165,23 @@ def _load_trained_state(model: torch.nn.Module, final: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def _publish(run: Path, final: Path, processor, peft: bool) -> None:
-    """Copy the last stage's result to the run root (files replaced one by one, config last)."""
-    names = sorted(p.name for p in final.iterdir() if p.name != "log_history.json")
-    names.sort(key=lambda n: n in (ADAPTER_CONFIG, "config.json"))
-    if not peft:
-        processor.save_pretrained(final)
-        names = sorted(p.name for p in final.iterdir() if p.name != "log_history.json")
+def _publish(run: Path, final: Path) -> None:
+    """Copy the last stage's result to the run root, file by file (each replaced atomically), config last."""
+    names = sorted(
+        (p.name for p in final.iterdir() if p.name != "log_history.json"),
+        key=lambda n: (n in (ADAPTER_CONFIG, "config.json"), n),
+    )
     for name in names:
         tmp = run / f".{name}.tmp"
         shutil.copyfile(final / name, tmp)
         os.replace(tmp, run / name)
+
+
+def _write_model_extras(directory: Path, processor, base: Path, **provenance: str) -> None:
+    """Processor files and the base model's provenance (with what was done) beside saved weights."""
+    processor.save_pretrained(directory)
+    prov = read_json(base / PROVENANCE_NAME) if (base / PROVENANCE_NAME).is_file() else {}
+    write_json(directory / PROVENANCE_NAME, {**prov, **provenance})
 
 
 def _histories(run: Path, recipe: Recipe) -> list[tuple[str, list[dict]]]:
@@ -237,8 +245,5 @@ def merge(run: str | Path, out: str | Path, *, force: bool = False) -> Path:
     merged = PeftModel.from_pretrained(model, str(run)).merge_and_unload()
     with atomic_dir(out, force=force) as tmp:
         merged.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        prov = read_json(Path(base) / PROVENANCE_NAME) if (Path(base) / PROVENANCE_NAME).is_file() else {}
-        prov["merged_from"] = str(run.absolute())
-        write_json(tmp / PROVENANCE_NAME, prov)
+        _write_model_extras(tmp, processor, Path(base), merged_from=str(run.absolute()))
     return Path(out)
