@@ -22,54 +22,39 @@ def zoo_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("zoo")
 
 
-@pytest.fixture(scope="session")
-def llava(zoo_dir):
-    """Tiny llava-hf sources by LLM family and tower kind, built on first use."""
+def _cached(zoo_dir, builder, prefix):
+    """A builder of tiny checkpoints that builds each variant once per test session."""
     cache = {}
 
-    def get(llm: str = "llama2", vision: str = "clip"):
-        key = (llm, vision)
-        if key not in cache:
-            cache[key] = zoo.build_llava(zoo_dir / f"llava-{llm}-{vision}", llm=llm, vision=vision)
-        return cache[key]
+    def get(*args):
+        if args not in cache:
+            cache[args] = builder(zoo_dir / "-".join((prefix, *args)), *args)
+        return cache[args]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def llava(zoo_dir):
+    """Tiny llava-hf sources by LLM family and tower kind: ``llava("qwen2", "siglip")``."""
+    return _cached(
+        zoo_dir, lambda out, llm="llama2", vision="clip": zoo.build_llava(out, llm=llm, vision=vision), "llava"
+    )
 
 
 @pytest.fixture(scope="session")
 def perceiver(zoo_dir):
-    cache = {}
-
-    def get(family: str = "qwen3_vl"):
-        if family not in cache:
-            cache[family] = zoo.build_perceiver(zoo_dir / f"perceiver-{family}", family=family)
-        return cache[family]
-
-    return get
+    return _cached(zoo_dir, lambda out, family="qwen3_vl": zoo.build_perceiver(out, family=family), "perceiver")
 
 
 @pytest.fixture(scope="session")
 def vit(zoo_dir):
-    cache = {}
-
-    def get(kind: str = "clip"):
-        if kind not in cache:
-            cache[kind] = zoo.build_vit(zoo_dir / f"vit-{kind}", kind=kind)
-        return cache[kind]
-
-    return get
+    return _cached(zoo_dir, lambda out, kind="clip": zoo.build_vit(out, kind=kind), "vit")
 
 
 @pytest.fixture(scope="session")
 def bare_llm(zoo_dir):
-    cache = {}
-
-    def get(family: str = "qwen3"):
-        if family not in cache:
-            cache[family] = zoo.build_llm(zoo_dir / f"llm-{family}", family=family)
-        return cache[family]
-
-    return get
+    return _cached(zoo_dir, lambda out, family="qwen3": zoo.build_llm(out, family=family), "llm")
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import sys
 import warnings
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -102,22 +103,32 @@ def inspect_cmd(
     )
 
 
+EncoderOpt = Annotated[str, typer.Option("--encoder", "-e", help="KIND:SOURCE, e.g. perceiver:qwen3-vl-2b.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory (must be empty unless --force).")]
+ConnectorOpt = Annotated[
+    str, typer.Option("--connector", help="Connector id (default: mlp2x-relu for perceivers, mlp2x-gelu for ViTs).")
+]
+DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Output dtype; auto keeps the LLM's (bit-identical).")]
+ForceOpt = Annotated[bool, typer.Option("--force/--no-force", help="Replace a non-empty --out.")]
+RemoteCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code/--no-trust-remote-code", help="Allow model code from the checkpoint (pin a revision)."
+    ),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the fresh connector's initialisation.")]
+
+
 @app.command()
 def upgrade(
     source: str = typer.Argument(..., help="The VLM to upgrade: local dir, hub id or catalog id."),
-    encoder: str = typer.Option(..., "--encoder", "-e", help="KIND:SOURCE, e.g. perceiver:qwen3-vl-2b."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Output directory (must be empty unless --force)."),
-    connector: str = typer.Option(
-        None, "--connector", help="Connector id (default: mlp2x-relu for perceivers, mlp2x-gelu for ViTs)."
-    ),
-    dtype: DType = typer.Option(DType.auto, "--dtype", help="Output dtype; auto keeps the LLM's (bit-identical)."),
-    force: bool = typer.Option(False, "--force/--no-force", help="Replace a non-empty --out."),
-    trust_remote_code: bool = typer.Option(
-        False,
-        "--trust-remote-code/--no-trust-remote-code",
-        help="Allow model code from the checkpoint (pin a revision).",
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the fresh connector's initialisation."),
+    encoder: EncoderOpt = ...,
+    out_dir: OutOpt = ...,
+    connector: ConnectorOpt = None,
+    dtype: DTypeOpt = DType.auto,
+    force: ForceOpt = False,
+    trust_remote_code: RemoteCodeOpt = False,
+    seed: SeedOpt = 0,
 ) -> None:
     """Swap the vision side of an existing VLM for ENCODER; keep the LLM, tokenizer and chat template."""
     from .upgrade import upgrade as run
@@ -140,17 +151,13 @@ def upgrade(
 @app.command()
 def build(
     llm: str = typer.Option(..., "--llm", help="A bare causal LM: local dir, hub id or catalog id."),
-    encoder: str = typer.Option(..., "--encoder", "-e", help="KIND:SOURCE, e.g. perceiver:qwen3-vl-2b."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Output directory (must be empty unless --force)."),
-    connector: str = typer.Option(None, "--connector", help="Connector id (default by encoder kind)."),
-    dtype: DType = typer.Option(DType.auto, "--dtype", help="Output dtype; auto keeps the LLM's."),
-    force: bool = typer.Option(False, "--force/--no-force", help="Replace a non-empty --out."),
-    trust_remote_code: bool = typer.Option(
-        False,
-        "--trust-remote-code/--no-trust-remote-code",
-        help="Allow model code from the checkpoint (pin a revision).",
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the fresh connector's initialisation."),
+    encoder: EncoderOpt = ...,
+    out_dir: OutOpt = ...,
+    connector: ConnectorOpt = None,
+    dtype: DTypeOpt = DType.auto,
+    force: ForceOpt = False,
+    trust_remote_code: RemoteCodeOpt = False,
+    seed: SeedOpt = 0,
 ) -> None:
     """Build a VLM from a bare causal LM and an encoder (the DPA paper's setting)."""
     from .upgrade import build as run
