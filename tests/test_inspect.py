@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 from transformers import LlavaForConditionalGeneration
 
+from vlm_swap.catalog import CATALOG
 from vlm_swap.inspection import inspect_source
 
 
@@ -66,3 +68,31 @@ def test_llava_1_5_7b_config_gives_the_published_count(tmp_path):
     report = inspect_source(str(d))
     assert report["total_params"] == 7_063_427_072
     assert report["tokens_per_image"] == 576
+
+
+# Published parameter counts (the checkpoints' safetensors totals; tied embeddings counted once).
+PUBLISHED = {
+    "llava-1.5-7b-hf": 7_063_427_072,
+    "vicuna-7b": 6_738_415_616,
+    "llama-3.2-1b": 1_235_814_400,
+    "llama-3.2-3b": 3_212_749_824,
+    "qwen3-0.6b": 596_049_920,
+    "qwen3-4b": 4_022_468_096,
+}
+
+
+@pytest.mark.parametrize("model_id,count", sorted(PUBLISHED.items()))
+def test_catalog_architectures_give_published_counts_offline(model_id, count):
+    report = inspect_source(model_id)
+    assert report["total_params"] == count
+    assert report["weights"] == "config only"
+
+
+def test_catalog_facts_agree_with_their_architectures():
+    for model_id, entry in CATALOG.items():
+        if entry.arch is None:
+            continue
+        cfg = entry.config()
+        text = getattr(cfg, "text_config", cfg)
+        assert entry.hidden_size == text.hidden_size, model_id
+        assert entry.context == text.max_position_embeddings, model_id

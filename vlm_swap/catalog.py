@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from transformers import AutoConfig, PreTrainedConfig
+
+from .errors import VlmSwapError
 from .registry import Registry
 
 
@@ -23,10 +26,71 @@ class CatalogEntry:
     tokens_per_image: int = 0
     context: int = 0
     encoder_kind: str = ""  # for perceivers/ViTs: the encoder kind that loads it
+    arch: dict | None = None  # the published config (model_type + sizes): builds the model on the meta device
 
     @property
     def spec(self) -> str:
         return f"{self.encoder_kind}:{self.id}" if self.encoder_kind else self.id
+
+    def config(self) -> PreTrainedConfig:
+        """The full-size architecture as a transformers config (no download)."""
+        if self.arch is None:
+            raise VlmSwapError(f"the catalog has no architecture for {self.id}; inspect {self.hub_id} instead")
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+            MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+        )
+
+        arch = dict(self.arch)
+        model_type = arch.pop("model_type")
+        cfg = AutoConfig.for_model(model_type, **arch)
+        names = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES if self.role == "llm" else MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+        cfg.architectures = [names[model_type]]
+        return cfg
+
+
+def _llama(vocab, hidden, inter, layers, heads, kv, context, tie, **extra) -> dict:
+    return dict(
+        model_type="llama",
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=context,
+        tie_word_embeddings=tie,
+        **extra,
+    )
+
+
+def _qwen3(hidden, inter, layers, heads, tie) -> dict:
+    return dict(
+        model_type="qwen3",
+        vocab_size=151936,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=40960,
+        tie_word_embeddings=tie,
+    )
+
+
+def _llava15(text: dict) -> dict:
+    vision = dict(
+        model_type="clip_vision_model",
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+    )
+    return dict(model_type="llava", vision_config=vision, text_config=text, image_token_index=32000)
 
 
 CATALOG: Registry[CatalogEntry] = Registry("catalog model")
@@ -45,14 +109,73 @@ for _e in (
     CatalogEntry(
         "siglip2-so400m-384", "google/siglip2-so400m-patch14-384", "vit", "siglip2", 1152, 729, encoder_kind="hf-vit"
     ),
-    CatalogEntry("qwen3-0.6b", "Qwen/Qwen3-0.6B", "llm", "qwen3", 1024, context=40960),
-    CatalogEntry("qwen3-1.7b", "Qwen/Qwen3-1.7B", "llm", "qwen3", 2048, context=40960),
-    CatalogEntry("qwen3-4b", "Qwen/Qwen3-4B", "llm", "qwen3", 2560, context=40960),
-    CatalogEntry("qwen3-8b", "Qwen/Qwen3-8B", "llm", "qwen3", 4096, context=40960),
-    CatalogEntry("llama-3.2-1b", "meta-llama/Llama-3.2-1B-Instruct", "llm", "llama3", 2048, context=131072),
-    CatalogEntry("llama-3.2-3b", "meta-llama/Llama-3.2-3B-Instruct", "llm", "llama3", 3072, context=131072),
-    CatalogEntry("vicuna-7b", "lmsys/vicuna-7b-v1.5", "llm", "llama2", 4096, context=4096),
-    CatalogEntry("llava-1.5-7b-hf", "llava-hf/llava-1.5-7b-hf", "vlm", "llama2", 4096, 576, 4096),
-    CatalogEntry("llava-1.5-13b-hf", "llava-hf/llava-1.5-13b-hf", "vlm", "llama2", 5120, 576, 4096),
+    CatalogEntry(
+        "qwen3-0.6b", "Qwen/Qwen3-0.6B", "llm", "qwen3", 1024, context=40960, arch=_qwen3(1024, 3072, 28, 16, True)
+    ),
+    CatalogEntry(
+        "qwen3-1.7b", "Qwen/Qwen3-1.7B", "llm", "qwen3", 2048, context=40960, arch=_qwen3(2048, 6144, 28, 16, True)
+    ),
+    CatalogEntry(
+        "qwen3-4b", "Qwen/Qwen3-4B", "llm", "qwen3", 2560, context=40960, arch=_qwen3(2560, 9728, 36, 32, True)
+    ),
+    CatalogEntry(
+        "qwen3-8b", "Qwen/Qwen3-8B", "llm", "qwen3", 4096, context=40960, arch=_qwen3(4096, 12288, 36, 32, False)
+    ),
+    CatalogEntry(
+        "llama-3.2-1b",
+        "meta-llama/Llama-3.2-1B-Instruct",
+        "llm",
+        "llama3",
+        2048,
+        context=131072,
+        arch=_llama(128256, 2048, 8192, 16, 32, 8, 131072, True, head_dim=64),
+    ),
+    CatalogEntry(
+        "llama-3.2-3b",
+        "meta-llama/Llama-3.2-3B-Instruct",
+        "llm",
+        "llama3",
+        3072,
+        context=131072,
+        arch=_llama(128256, 3072, 8192, 28, 24, 8, 131072, True, head_dim=128),
+    ),
+    CatalogEntry(
+        "vicuna-7b",
+        "lmsys/vicuna-7b-v1.5",
+        "llm",
+        "llama2",
+        4096,
+        context=4096,
+        arch=_llama(32000, 4096, 11008, 32, 32, 32, 4096, False),
+    ),
+    CatalogEntry(
+        "vicuna-13b",
+        "lmsys/vicuna-13b-v1.5",
+        "llm",
+        "llama2",
+        5120,
+        context=4096,
+        arch=_llama(32000, 5120, 13824, 40, 40, 40, 4096, False),
+    ),
+    CatalogEntry(
+        "llava-1.5-7b-hf",
+        "llava-hf/llava-1.5-7b-hf",
+        "vlm",
+        "llama2",
+        4096,
+        576,
+        4096,
+        arch=_llava15(_llama(32064, 4096, 11008, 32, 32, 32, 4096, False)),
+    ),
+    CatalogEntry(
+        "llava-1.5-13b-hf",
+        "llava-hf/llava-1.5-13b-hf",
+        "vlm",
+        "llama2",
+        5120,
+        576,
+        4096,
+        arch=_llava15(_llama(32064, 5120, 13824, 40, 40, 40, 4096, False)),
+    ),
 ):
     CATALOG.register(_e.id, _e)

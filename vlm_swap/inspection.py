@@ -6,14 +6,17 @@ a config.json gives the same architecture, part sizes and parameter counts as a 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
+from .catalog import CATALOG
+from .encoders.loading import looks_local
 from .errors import VlmSwapError
 from .io import PROVENANCE_NAME, read_json
-from .sources import describe, open_source
+from .sources import CAUSAL_LM, Source, describe, detect_adapter, open_source
 
 
 def _meta_model(config, causal: bool = False):
@@ -30,9 +33,15 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 def inspect_source(source: str) -> dict[str, Any]:
-    """A JSON-able report of a source VLM or an upgraded vlm-swap model."""
-    src = open_source(source, weights=False)
-    model = _meta_model(src.config)
+    """A JSON-able report of a source VLM, an upgraded vlm-swap model, or a catalog VLM/LLM (offline)."""
+    if source in CATALOG and not looks_local(source):
+        entry = CATALOG.get(source)
+        config = entry.config()
+        adapter = CAUSAL_LM if entry.role == "llm" else detect_adapter(config)
+        src = Source(Path(entry.hub_id), adapter, config)
+    else:
+        src = open_source(source, weights=False)
+    model = _meta_model(src.config, causal=src.adapter is CAUSAL_LM)
     parts: dict[str, int] = {"encoder": 0, "connector": 0, "llm": 0}
     for name, p in model.named_parameters():
         part = src.adapter.part_of(name)
@@ -44,7 +53,7 @@ def inspect_source(source: str) -> dict[str, Any]:
         "path": str(src.path),
         "architecture": describe(src.config),
         "source_kind": src.adapter.id,
-        "weights": "safetensors" if any(src.path.glob("*.safetensors")) else "config only",
+        "weights": "safetensors" if src.path.is_dir() and any(src.path.glob("*.safetensors")) else "config only",
         "parts": {
             "encoder": {
                 "type": getattr(vision, "model_type", None),
