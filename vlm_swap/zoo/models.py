@@ -16,7 +16,15 @@ import transformers as tf
 from .tokenizers import LLAVA_PROCESSOR_TEMPLATE, QWEN_TEMPLATE, make_tokenizer
 
 HIDDEN = 64
-LLM_STYLE = {"llama2": "llama2", "llama3": "llama3", "qwen2": "qwen", "qwen3": "qwen"}
+LLM_STYLE = {
+    "llama2": "llama2",
+    "llama3": "llama3",
+    "qwen2": "qwen",
+    "qwen3": "qwen",
+    "mistral": "mistral",
+    "gemma2": "gemma2",
+    "gemma3": "gemma3",
+}
 CLIP_MEAN, CLIP_STD = [0.4815, 0.4578, 0.4082], [0.2686, 0.2613, 0.2758]
 
 
@@ -41,6 +49,16 @@ def text_config(family: str, tokenizer, **overrides) -> tf.PreTrainedConfig:
         return tf.Qwen2Config(tie_word_embeddings=True, **common)
     if family == "qwen3":
         return tf.Qwen3Config(tie_word_embeddings=True, head_dim=16, **common)
+    if family == "mistral":
+        return tf.MistralConfig(tie_word_embeddings=False, sliding_window=None, **common)
+    if family == "gemma2":
+        return tf.Gemma2Config(
+            tie_word_embeddings=True, head_dim=16, query_pre_attn_scalar=16, sliding_window=64, **common
+        )
+    if family == "gemma3":
+        return tf.Gemma3TextConfig(
+            tie_word_embeddings=True, head_dim=16, query_pre_attn_scalar=16, sliding_window=64, **common
+        )
     raise ValueError(f"no tiny LLM of family {family!r}")
 
 

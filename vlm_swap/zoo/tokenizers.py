@@ -42,6 +42,21 @@ VICUNA_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- 'ASSISTANT:' }}{%- endif %}"
 )
+MISTRAL_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'user' %}{{- '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content'] + eos_token }}{%- endif %}"
+    "{%- endfor %}"
+)
+GEMMA_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{- '<start_of_turn>' + role + '\n' + message['content'] + '<end_of_turn>\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<start_of_turn>model\n' }}{%- endif %}"
+)
 # LLaVA-1.5's processor template: list content, images first as "<image>\n".
 LLAVA_PROCESSOR_TEMPLATE = (
     "{%- for message in messages %}"
@@ -86,6 +101,40 @@ STYLES = {
         "pad": None,
         "unk": None,
         "template": LLAMA3_TEMPLATE,
+    },
+    "mistral": {
+        "specials": ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"],
+        "bos": "<s>",
+        "eos": "</s>",
+        "pad": None,
+        "unk": "<unk>",
+        "template": MISTRAL_TEMPLATE,
+    },
+    "gemma2": {
+        "specials": ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"],
+        "bos": "<bos>",
+        "eos": "<end_of_turn>",
+        "pad": "<pad>",
+        "unk": "<unk>",
+        "template": GEMMA_TEMPLATE,
+    },
+    "gemma3": {
+        "specials": [
+            "<pad>",
+            "<eos>",
+            "<bos>",
+            "<unk>",
+            "<start_of_turn>",
+            "<end_of_turn>",
+            "<start_of_image>",
+            "<end_of_image>",
+            "<image_soft_token>",
+        ],
+        "bos": "<bos>",
+        "eos": "<end_of_turn>",
+        "pad": "<pad>",
+        "unk": "<unk>",
+        "template": GEMMA_TEMPLATE,
     },
     "llama2": {
         "specials": ["<unk>", "<s>", "</s>"],
