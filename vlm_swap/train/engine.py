@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from ..errors import VlmSwapError
 from .plan import component_of
 from .recipe import COMPONENTS, Stage
 
@@ -65,12 +66,50 @@ def training_arguments(stage: Stage, stage_dir: Path, *, report_to: str, eval_en
     )
 
 
+class NonFiniteError(VlmSwapError):
+    """Training met more non-finite losses/gradients than the stage allows, or a non-finite state to save."""
+
+
+def trainable_finite(model: torch.nn.Module) -> bool:
+    params = [p.detach() for p in model.parameters() if p.requires_grad]
+    return not params or bool(torch.stack(torch._foreach_norm(params)).isfinite().all())
+
+
 class SwapTrainer(Trainer):
-    """The HF Trainer with one optimizer parameter group per component (its own lr), decay-aware."""
+    """The HF Trainer with one optimizer parameter group per component (its own lr), decay-aware,
+    and a numerical guard: a step whose gradients are not finite is skipped (no update, moments
+    untouched); after ``stage.max_bad_steps`` of them training stops; a non-finite model is never
+    saved."""
 
     def __init__(self, *args, stage: Stage, **kwargs):
         self.stage = stage
+        self.bad_steps = 0
         super().__init__(*args, **kwargs)
+
+    def _guard(self, optimizer: torch.optim.Optimizer) -> None:
+        inner = optimizer.step
+
+        def step(*args, **kwargs):
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if not grads or torch.stack(torch._foreach_norm(grads)).isfinite().all():
+                return inner(*args, **kwargs)
+            self.bad_steps += 1
+            optimizer.zero_grad(set_to_none=True)
+            if self.bad_steps >= self.stage.max_bad_steps:
+                last = newest_checkpoint(Path(self.args.output_dir))
+                raise NonFiniteError(
+                    f"stage {self.stage.name!r} stopped at step {self.state.global_step + 1}: {self.bad_steps} steps "
+                    f"with a non-finite loss or gradient (max_bad_steps={self.stage.max_bad_steps}); "
+                    f"last good checkpoint: {last or 'none'}"
+                )
+            return None
+
+        optimizer.step = step
+
+    def _save_checkpoint(self, model, trial):
+        if not trainable_finite(self.model):
+            raise NonFiniteError(f"refusing to save a checkpoint of stage {self.stage.name!r} from a non-finite state")
+        return super()._save_checkpoint(model, trial)
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None:
@@ -91,6 +130,7 @@ class SwapTrainer(Trainer):
                     groups.append({"params": params, "lr": lr, "weight_decay": wd, "name": f"{comp}"})
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        self._guard(self.optimizer)
         return self.optimizer
 
 

@@ -94,13 +94,14 @@ class Stage:
     eval_steps: int | None = _help("evaluate every N steps when eval data is given", None)
     logging_steps: int = _help("log every N steps", 10)
     seed: int = _help("random seed", 42)
+    max_bad_steps: int = _help("steps with a non-finite loss/gradient (skipped) before training stops", 5)
 
     def __post_init__(self):
         if (self.steps is None) == (self.epochs is None):
             raise RecipeError("give exactly one of steps or epochs")
         if self.steps is not None and self.steps <= 0 or self.epochs is not None and self.epochs <= 0:
             raise RecipeError("steps/epochs must be positive")
-        for name in ("batch_size", "grad_accum", "max_length", "save_steps", "logging_steps"):
+        for name in ("batch_size", "grad_accum", "max_length", "save_steps", "logging_steps", "max_bad_steps"):
             if getattr(self, name) <= 0:
                 raise RecipeError(f"{name} must be positive")
         if self.lr <= 0:

@@ -25,7 +25,7 @@ from ..errors import VlmSwapError
 from ..io import PROVENANCE_NAME, atomic_dir, read_json, write_json
 from ..llms import LLMS
 from .data import Collator, Encoder, SwapDataset, load_dataset
-from .engine import RichProgress, SwapTrainer, newest_checkpoint, training_arguments
+from .engine import NonFiniteError, RichProgress, SwapTrainer, newest_checkpoint, trainable_finite, training_arguments
 from .plan import apply_stage, run_plan, wrap
 from .recipe import Recipe, load_recipe, recipe_to_dict
 
@@ -127,6 +127,10 @@ def train(
             trainer.remove_callback(PrinterCallback)
             checkpoint = newest_checkpoint(stage_dir) if resume else None
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            if not trainable_finite(model):
+                raise NonFiniteError(
+                    f"stage {stage.name!r} ended in a non-finite state; its final weights are not saved"
+                )
             if trainer.is_world_process_zero():
                 with atomic_dir(final, force=True) as tmp:
                     trainer.model.save_pretrained(tmp)
