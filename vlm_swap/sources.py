@@ -16,12 +16,9 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, PreTrainedConfig
 
-from .encoders.loading import resolve_source
+from .encoders.loading import resolve_source, weight_files
 from .errors import VlmSwapError
-from .io import INDEX_NAME, read_json
 from .registry import Registry
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
 def data_dir(name: str) -> Path:
@@ -141,28 +138,6 @@ def open_safetensors(path: Path):
         return safe_open(str(path), framework="pt")
     except (SafetensorError, OSError) as exc:
         raise VlmSwapError(f"corrupted or truncated safetensors file {path}: {exc}") from exc
-
-
-def weight_files(path: Path, *, required: bool = True) -> list[Path]:
-    """The safetensors shards of a checkpoint dir (via the index when there is one)."""
-    index = path / INDEX_NAME
-    if index.is_file():
-        names = sorted(set(read_json(index).get("weight_map", {}).values()))
-        files = [path / n for n in names]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise VlmSwapError(f"{path}: shards listed in {INDEX_NAME} are missing: {', '.join(missing)}")
-        return files
-    files = sorted(path.glob("*.safetensors"))
-    if not files and required:
-        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
-        if pickles:
-            raise VlmSwapError(
-                f"{path} holds only pickle weights ({', '.join(sorted(pickles))}); vlm-swap reads safetensors only "
-                "(convert them with transformers' save_pretrained(safe_serialization=True))"
-            )
-        raise VlmSwapError(f"no weights (*.safetensors) in {path}")
-    return files
 
 
 def load_config(path: str | Path, trust_remote_code: bool = False) -> PreTrainedConfig:

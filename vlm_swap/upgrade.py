@@ -114,7 +114,9 @@ def prepare(
     CONNECTORS.get(connector)
     src = open_source(source, bare_llm=bare_llm, trust_remote_code=trust_remote_code)
     backend = ENCODERS.get(spec.kind)
-    loaded = backend.load(resolve_source(spec.source), dtype=None, trust_remote_code=trust_remote_code)
+    loaded = backend.load(
+        resolve_source(spec.source, marker=backend.marker_file), dtype=None, trust_remote_code=trust_remote_code
+    )
     tokenizer = AutoTokenizer.from_pretrained(str(src.path), trust_remote_code=trust_remote_code)
     chat_template = _chat_template(src, tokenizer, trust_remote_code)
     text_cfg = copy.deepcopy(src.text_config)

@@ -8,10 +8,12 @@ from ..errors import VlmSwapError
 from ..registry import Registry
 from .base import EncoderBackend, LoadedEncoder
 from .hf_vit import HFViTEncoder
+from .open_clip_vit import OpenCLIPEncoder
 from .perceiver import PerceiverEncoder
+from .timm_vit import TimmViTEncoder
 
 ENCODERS: Registry[type[EncoderBackend]] = Registry("encoder kind")
-for _cls in (PerceiverEncoder, HFViTEncoder):
+for _cls in (PerceiverEncoder, HFViTEncoder, TimmViTEncoder, OpenCLIPEncoder):
     ENCODERS.register(_cls.kind, _cls)
 
 
@@ -34,4 +36,13 @@ class EncoderSpec:
         return f"{self.kind}:{self.source}"
 
 
-__all__ = ["ENCODERS", "EncoderBackend", "EncoderSpec", "LoadedEncoder", "HFViTEncoder", "PerceiverEncoder"]
+__all__ = [
+    "ENCODERS",
+    "EncoderBackend",
+    "EncoderSpec",
+    "LoadedEncoder",
+    "HFViTEncoder",
+    "OpenCLIPEncoder",
+    "PerceiverEncoder",
+    "TimmViTEncoder",
+]

@@ -24,6 +24,8 @@ class EncoderBackend(nn.Module):
     input_names: ClassVar[tuple[str, ...]] = ("pixel_values",)
     #: True when the rows include a vision-start and a vision-end row around the N image rows
     uses_boundaries: ClassVar[bool] = False
+    #: the file that marks a local directory as a checkpoint this kind loads
+    marker_file: ClassVar[str] = "config.json"
 
     def __init__(self, config: PreTrainedConfig | None, args: dict[str, Any]):
         super().__init__()

@@ -73,6 +73,14 @@ class SwapVLMForConditionalGeneration(SwapVLMPreTrainedModel, GenerationMixin):
             )
         return mask
 
+    def _validate_model_kwargs(self, model_kwargs: dict) -> None:
+        # generate() checks kwargs against forward's signature; the encoder's inputs reach forward via **kwargs
+        extra = {k: model_kwargs.pop(k) for k in self.encoder.input_names if k in model_kwargs}
+        try:
+            super()._validate_model_kwargs(model_kwargs)
+        finally:
+            model_kwargs.update(extra)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -82,12 +90,11 @@ class SwapVLMForConditionalGeneration(SwapVLMPreTrainedModel, GenerationMixin):
         past_key_values=None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
-        image_grid_thw: torch.LongTensor | None = None,
-        pixel_attention_mask: torch.Tensor | None = None,
-        spatial_shapes: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        # the encoder's other inputs (image_grid_thw, pixel_attention_mask, ...) never reach the LLM
+        image_inputs = {k: kwargs.pop(k) for k in self.encoder.input_names if k in kwargs}
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -95,13 +102,7 @@ class SwapVLMForConditionalGeneration(SwapVLMPreTrainedModel, GenerationMixin):
         if pixel_values is not None:
             if input_ids is None:
                 raise ValueError("images need input_ids to find their placeholder positions")
-            image_inputs = {
-                "pixel_values": pixel_values,
-                "image_grid_thw": image_grid_thw,
-                "pixel_attention_mask": pixel_attention_mask,
-                "spatial_shapes": spatial_shapes,
-            }
-            feats = self.get_image_features(**image_inputs)  # [R, D_llm]
+            feats = self.get_image_features(pixel_values=pixel_values, **image_inputs)  # [R, D_llm]
             mask = self.placeholder_mask(input_ids, feats.shape[0])
             inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), feats.to(inputs_embeds.dtype))
         return self.language_model(

@@ -1,0 +1,154 @@
+"""``open-clip``: the visual tower of an OpenCLIP model, rebuilt offline from its open_clip model config.
+
+OpenCLIP has no HF config class, so ``encoder_config`` is None and ``encoder_args["model_cfg"]`` holds
+the tower's part of the open_clip model config (embed_dim, quick_gelu, vision_cfg): enough to rebuild
+its architecture without network. A source is a directory in the open_clip hub layout:
+``open_clip_config.json`` (``model_cfg``, ``preprocess_cfg``) and ``open_clip_model.safetensors``
+(pickle weights are refused); only the ``visual.*`` weights are read.
+Features are the tokens of block ``feature_layer`` (-2 by default, LLaVA's convention) from open_clip's
+``forward_intermediates``, without the CLS token. The image processor is a ``CLIPImageProcessor`` set
+up from the preprocess config (size, mean, std, interpolation, resize mode). Native ViT towers and
+timm ViT trunks are supported; open_clip is imported only when an open-clip encoder is used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import CLIPImageProcessor
+from transformers.image_utils import PILImageResampling
+
+from ..errors import VlmSwapError
+from ..io import read_json
+from .base import EncoderBackend, LoadedEncoder
+
+CONFIG_NAME, WEIGHTS_NAME = "open_clip_config.json", "open_clip_model.safetensors"
+# open_clip interpolation name -> resampling of the transformers image processor
+RESAMPLE = {
+    "bicubic": PILImageResampling.BICUBIC,
+    "bilinear": PILImageResampling.BILINEAR,
+    "nearest": PILImageResampling.NEAREST,
+}
+
+
+def build_visual(model_cfg: dict[str, Any]) -> torch.nn.Module:
+    """The visual tower of an open_clip model config, randomly initialised; never downloads (timm trunks too)."""
+    from open_clip.model import _build_vision_tower  # the builder open_clip's own CLIP classes call
+
+    vision_cfg = {**model_cfg["vision_cfg"], "timm_model_pretrained": False}
+    return _build_vision_tower(model_cfg["embed_dim"], vision_cfg, quick_gelu=model_cfg.get("quick_gelu", False))
+
+
+def tower_geometry(visual: torch.nn.Module) -> tuple[list[int], list[int]]:
+    """(input size [h, w], pixels per token [sh, sw]) of a ViT tower; refuses towers without patch tokens."""
+    from open_clip.timm_model import TimmModel
+    from open_clip.transformer import VisionTransformer
+
+    if isinstance(visual, VisionTransformer):
+        return list(visual.image_size), list(visual.patch_size)
+    if isinstance(visual, TimmModel) and hasattr(getattr(visual.trunk, "patch_embed", None), "grid_size"):
+        (h, w), (gh, gw) = visual.trunk.patch_embed.img_size, visual.trunk.patch_embed.grid_size
+        return [h, w], [h // gh, w // gw]
+    raise VlmSwapError(f"open-clip supports ViT towers, not {type(visual).__name__} (no patch tokens)")
+
+
+def image_processor(preprocess_cfg: dict[str, Any], size: list[int]) -> CLIPImageProcessor:
+    """open_clip's eval transform (merged preprocess config, tower input size) as a transformers processor."""
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    pp = merge_preprocess_dict(PreprocessCfg(), preprocess_cfg)
+    h, w = size
+    if pp["interpolation"] not in RESAMPLE:
+        raise VlmSwapError(f"open_clip interpolation {pp['interpolation']!r} is not supported ({', '.join(RESAMPLE)})")
+    if pp["resize_mode"] == "shortest":  # shorter side to the input size, then center crop (exact for square)
+        resize, crop = {"shortest_edge": min(h, w)}, True
+    elif pp["resize_mode"] == "squash":  # both sides to the input size
+        resize, crop = {"height": h, "width": w}, False
+    else:
+        raise VlmSwapError(f"open_clip resize_mode {pp['resize_mode']!r} is not supported (shortest, squash)")
+    return CLIPImageProcessor(
+        size=resize,
+        crop_size={"height": h, "width": w},
+        do_center_crop=crop,
+        resample=RESAMPLE[pp["interpolation"]],
+        image_mean=list(pp["mean"]),
+        image_std=list(pp["std"]),
+    )
+
+
+def read_visual_weights(weights: Path) -> dict[str, torch.Tensor]:
+    """The ``visual.*`` tensors of an open_clip safetensors file, prefix removed (the text tower is not read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as st:
+        return {k.removeprefix("visual."): st.get_tensor(k) for k in st.keys() if k.startswith("visual.")}
+
+
+class OpenCLIPEncoder(EncoderBackend):
+    kind = "open-clip"
+    help = "OpenCLIP visual tower from an open_clip hub dir (feature layer, CLS dropped)"
+    marker_file = CONFIG_NAME
+
+    def __init__(self, config: None, args: dict[str, Any], model=None):
+        super().__init__(config, args)
+        self.model = model if model is not None else build_visual(args["model_cfg"])
+
+    @property
+    def feature_dim(self) -> int:
+        trunk = getattr(self.model, "trunk", None)  # timm trunk, else a native open_clip ViT
+        return trunk.embed_dim if trunk is not None else self.model.transformer.width
+
+    def forward(self, pixel_values, **_):
+        dtype = next(self.model.parameters()).dtype
+        out = self.model.forward_intermediates(
+            pixel_values.to(dtype),
+            indices=[self.args["feature_layer"]],
+            output_fmt="NLC",
+            intermediates_only=True,
+            stop_early=True,
+        )
+        feats = out["image_intermediates"][0]  # [B, N, D]: patch tokens, CLS split off by open_clip
+        return feats.reshape(-1, feats.shape[-1])  # [B * N, D]
+
+    @staticmethod
+    def image_rows(image_inputs: dict[str, Any], index: int, args: dict[str, Any]) -> int:
+        h, w = image_inputs["pixel_values"].shape[-2:]
+        sh, sw = args["stride"]
+        return (h // sh) * (w // sw)
+
+    @classmethod
+    def load(cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool) -> LoadedEncoder:
+        path = Path(source)
+        if not (path / CONFIG_NAME).is_file():
+            raise VlmSwapError(f"no {CONFIG_NAME} in {source}: not an open_clip checkpoint")
+        cfg = read_json(path / CONFIG_NAME)
+        model_cfg = cfg.get("model_cfg", cfg)
+        if not isinstance(model_cfg.get("vision_cfg"), dict) or "embed_dim" not in model_cfg:
+            raise VlmSwapError(f"{path / CONFIG_NAME} has no model_cfg with embed_dim and vision_cfg")
+        weights = path / WEIGHTS_NAME
+        if not weights.is_file():
+            found = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".safetensors"))
+            raise VlmSwapError(f"no {WEIGHTS_NAME} in {source} (found: {found or 'no weights'}); only safetensors load")
+        try:
+            visual = build_visual(model_cfg)
+            state = read_visual_weights(weights)
+            missing, unexpected = visual.load_state_dict(state, strict=False)
+        except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise VlmSwapError(f"cannot build the open_clip visual tower of {source}: {first}") from exc
+        if missing or unexpected:
+            raise VlmSwapError(
+                f"{weights.name} does not match model_cfg.vision_cfg: {len(missing)} missing, "
+                f"{len(unexpected)} unexpected visual weights (first: {(missing + unexpected)[0]})"
+            )
+        floats = [t.dtype for t in state.values() if t.is_floating_point()]
+        visual = visual.to(dtype or (floats[0] if floats else torch.float32)).eval()
+        size, stride = tower_geometry(visual)
+        tower_cfg = {k: model_cfg[k] for k in ("embed_dim", "quick_gelu", "vision_cfg") if k in model_cfg}
+        args = {"model_cfg": tower_cfg, "feature_layer": -2, "stride": stride}
+        module = cls(None, args, model=visual)
+        processor = image_processor(cfg.get("preprocess_cfg") or {}, size)
+        info = {"model_type": "open_clip", "vision": model_cfg["vision_cfg"].get("timm_model_name") or "vit"}
+        return LoadedEncoder(module, None, processor, info)

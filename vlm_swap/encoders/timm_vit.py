@@ -1,0 +1,132 @@
+"""``timm``: any timm ViT, held by transformers' ``TimmWrapperModel`` (model_type ``timm_wrapper``).
+
+The encoder config is a ``TimmWrapperConfig``, saved inside the upgraded model's config.json like any
+HF sub-config. Features are the tokens of block ``feature_layer`` (-2 by default: LLaVA's convention,
+the same as ``hidden_states[-2]``) from timm's ``forward_intermediates``, with the prefix tokens (CLS
+and register tokens, ``num_prefix_tokens``) dropped. The image processor is a ``CLIPImageProcessor``
+set up like timm's eval transform (resize to size / crop_pct, center crop, mean/std), because
+``TimmWrapperImageProcessor`` keeps its settings in the timm config.json and cannot be saved inside
+a composite processor; its crop can sit one pixel off timm's when the margin is odd (torchvision
+rounds it, transformers floors it). timm is imported only when a timm encoder is used.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import CLIPImageProcessor, PreTrainedConfig
+from transformers.image_utils import PILImageResampling
+
+from ..errors import VlmSwapError
+from ..io import read_json
+from .base import EncoderBackend, LoadedEncoder
+from .loading import load_pretrained, weight_files
+
+# timm interpolation name -> resampling of the transformers image processor
+RESAMPLE = {
+    "bicubic": PILImageResampling.BICUBIC,
+    "bilinear": PILImageResampling.BILINEAR,
+    "nearest": PILImageResampling.NEAREST,
+    "lanczos": PILImageResampling.LANCZOS,
+    "box": PILImageResampling.BOX,
+    "hamming": PILImageResampling.HAMMING,
+}
+
+
+def timm_config(raw: dict[str, Any], source: str):
+    """A timm hub config.json dict -> a ``TimmWrapperConfig`` without a classifier head."""
+    import timm
+    from transformers import TimmWrapperConfig
+
+    arch = raw.get("architecture")
+    if not arch:
+        raise VlmSwapError(f"{source}: config.json has no 'architecture': not a timm checkpoint")
+    if not timm.is_model(arch):
+        raise VlmSwapError(f"unknown timm architecture {arch!r} in {source} (timm {timm.__version__})")
+    raw = {k: v for k, v in raw.items() if k not in ("label_names", "label_descriptions")} | {"num_classes": 0}
+    # timm >= 1.0.31 records num_classes in model_args too; TimmWrapperModel passes its own num_classes=0
+    raw["model_args"] = {k: v for k, v in (raw.get("model_args") or {}).items() if k != "num_classes"}
+    return TimmWrapperConfig.from_dict(raw)
+
+
+def image_processor(data: dict[str, Any]) -> CLIPImageProcessor:
+    """timm's eval transform (a resolved data config) as a transformers image processor."""
+    _, h, w = data["input_size"]
+    scale = [math.floor(x / data["crop_pct"]) for x in (h, w)]
+    if data["crop_mode"] == "center":  # shorter side to size / crop_pct, then center crop
+        size = {"shortest_edge": min(scale)}
+    elif data["crop_mode"] == "squash":  # each side to size / crop_pct, then center crop
+        size = {"height": scale[0], "width": scale[1]}
+    else:
+        raise VlmSwapError(f"timm crop_mode {data['crop_mode']!r} is not supported (center, squash)")
+    if data["interpolation"] not in RESAMPLE:
+        raise VlmSwapError(f"timm interpolation {data['interpolation']!r} is not supported ({', '.join(RESAMPLE)})")
+    return CLIPImageProcessor(
+        size=size,
+        crop_size={"height": h, "width": w},
+        do_center_crop=True,
+        resample=RESAMPLE[data["interpolation"]],
+        image_mean=list(data["mean"]),
+        image_std=list(data["std"]),
+    )
+
+
+class TimmViTEncoder(EncoderBackend):
+    kind = "timm"
+    help = "any timm ViT via transformers' TimmWrapperModel (feature layer, CLS/register tokens dropped)"
+
+    def __init__(self, config: PreTrainedConfig, args: dict[str, Any], model=None):
+        super().__init__(config, args)
+        if model is None:
+            from transformers import TimmWrapperModel
+
+            model = TimmWrapperModel(config)
+        self.model = model
+
+    @property
+    def feature_dim(self) -> int:
+        return self.model.timm_model.embed_dim
+
+    def forward(self, pixel_values, **_):
+        vit = self.model.timm_model
+        feats = vit.forward_intermediates(  # [B, N, D]: patch tokens only, prefix tokens split off by timm
+            pixel_values.to(self.model.dtype),
+            indices=[self.args["feature_layer"]],
+            output_fmt="NLC",
+            intermediates_only=True,
+            stop_early=True,
+        )[0]
+        return feats.reshape(-1, feats.shape[-1])  # [B * N, D]
+
+    @staticmethod
+    def image_rows(image_inputs: dict[str, Any], index: int, args: dict[str, Any]) -> int:
+        h, w = image_inputs["pixel_values"].shape[-2:]
+        sh, sw = args["stride"]
+        return (h // sh) * (w // sw)
+
+    @classmethod
+    def load(cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool) -> LoadedEncoder:
+        import timm.data
+        from transformers import TimmWrapperModel
+
+        raw = read_json(Path(source) / "config.json")
+        config = timm_config(raw, source)
+        weight_files(Path(source))  # safetensors only: a pickle-only dir is refused with its file names
+        model = load_pretrained(TimmWrapperModel, source, dtype=dtype, trust_remote_code=False, config=config)
+        vit = model.timm_model
+        if not all(hasattr(vit, a) for a in ("patch_embed", "num_prefix_tokens", "forward_intermediates")):
+            raise VlmSwapError(f"timm architecture {config.architecture!r} is not a ViT (no patch tokens)")
+        (h, w), (gh, gw) = vit.patch_embed.img_size, vit.patch_embed.grid_size
+        args = {"feature_layer": -2, "stride": [h // gh, w // gw]}
+        # the model's own input size wins over the checkpoint's recommendation (fixed-size ViTs assert it)
+        data = timm.data.resolve_data_config({"input_size": (3, h, w)}, pretrained_cfg=raw.get("pretrained_cfg"))
+        module = cls(model.config, args, model=model)
+        info = {
+            "model_type": "timm_wrapper",
+            "architecture": config.architecture,
+            "prefix_tokens": vit.num_prefix_tokens,
+        }
+        return LoadedEncoder(module, model.config, image_processor(data), info)
