@@ -133,18 +133,7 @@ def upgrade(
     """Swap the vision side of an existing VLM for ENCODER; keep the LLM, tokenizer and chat template."""
     from .upgrade import upgrade as run
 
-    with user_errors():
-        path = run(
-            source,
-            encoder,
-            out_dir,
-            connector=connector,
-            dtype=dtype.value,
-            force=force,
-            trust_remote_code=trust_remote_code,
-            seed=seed,
-            progress=True,
-        )
+    path = _assemble(run, source, encoder, out_dir, connector, dtype, force, trust_remote_code, seed)
     out.print(f"upgraded model written to [bold]{path}[/]")
 
 
@@ -162,9 +151,15 @@ def build(
     """Build a VLM from a bare causal LM and an encoder (the DPA paper's setting)."""
     from .upgrade import build as run
 
+    path = _assemble(run, llm, encoder, out_dir, connector, dtype, force, trust_remote_code, seed)
+    out.print(f"model written to [bold]{path}[/]")
+
+
+def _assemble(run, source, encoder, out_dir, connector, dtype, force, trust_remote_code, seed) -> Path:
+    """upgrade/build share their options and their call."""
     with user_errors():
-        path = run(
-            llm,
+        return run(
+            source,
             encoder,
             out_dir,
             connector=connector,
@@ -174,7 +169,6 @@ def build(
             seed=seed,
             progress=True,
         )
-    out.print(f"model written to [bold]{path}[/]")
 
 
 @app.command("list")

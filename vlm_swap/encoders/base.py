@@ -57,3 +57,10 @@ class LoadedEncoder:
         self.config = config
         self.image_processor = image_processor
         self.info = info  # e.g. {"model_type": ..., "source": ...}
+
+
+def strided_rows(image_inputs: dict[str, Any], index: int, args: dict[str, Any]) -> int:
+    """Rows of a fixed-stride ViT without prefix tokens: (H / stride_h) * (W / stride_w)."""
+    h, w = image_inputs["pixel_values"].shape[-2:]
+    sh, sw = args["stride"]
+    return (h // sh) * (w // sw)

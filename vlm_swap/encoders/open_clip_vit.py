@@ -22,7 +22,7 @@ from transformers.image_utils import PILImageResampling
 
 from ..errors import VlmSwapError
 from ..io import read_json
-from .base import EncoderBackend, LoadedEncoder
+from .base import EncoderBackend, LoadedEncoder, strided_rows
 
 CONFIG_NAME, WEIGHTS_NAME = "open_clip_config.json", "open_clip_model.safetensors"
 # open_clip interpolation name -> resampling of the transformers image processor
@@ -112,11 +112,7 @@ class OpenCLIPEncoder(EncoderBackend):
         feats = out["image_intermediates"][0]  # [B, N, D]: patch tokens, CLS split off by open_clip
         return feats.reshape(-1, feats.shape[-1])  # [B * N, D]
 
-    @staticmethod
-    def image_rows(image_inputs: dict[str, Any], index: int, args: dict[str, Any]) -> int:
-        h, w = image_inputs["pixel_values"].shape[-2:]
-        sh, sw = args["stride"]
-        return (h // sh) * (w // sw)
+    image_rows = staticmethod(strided_rows)
 
     @classmethod
     def load(cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool) -> LoadedEncoder:

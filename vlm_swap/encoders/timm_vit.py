@@ -22,7 +22,7 @@ from transformers.image_utils import PILImageResampling
 
 from ..errors import VlmSwapError
 from ..io import read_json
-from .base import EncoderBackend, LoadedEncoder
+from .base import EncoderBackend, LoadedEncoder, strided_rows
 from .loading import load_pretrained, weight_files
 
 # timm interpolation name -> resampling of the transformers image processor
@@ -101,11 +101,7 @@ class TimmViTEncoder(EncoderBackend):
         )[0]
         return feats.reshape(-1, feats.shape[-1])  # [B * N, D]
 
-    @staticmethod
-    def image_rows(image_inputs: dict[str, Any], index: int, args: dict[str, Any]) -> int:
-        h, w = image_inputs["pixel_values"].shape[-2:]
-        sh, sw = args["stride"]
-        return (h // sh) * (w // sw)
+    image_rows = staticmethod(strided_rows)
 
     @classmethod
     def load(cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool) -> LoadedEncoder:
