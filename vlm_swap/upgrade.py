@@ -157,15 +157,7 @@ def _assemble(
     check_output_dir(out, force)
     p = prepare(source, encoder, bare_llm=bare_llm, connector=connector, trust_remote_code=trust_remote_code)
     require_compatible(p.checks)
-    src, spec, loaded, tokenizer, plan, text_cfg, connector = (
-        p.src,
-        p.spec,
-        p.loaded,
-        p.tokenizer,
-        p.plan,
-        p.text_cfg,
-        p.connector,
-    )
+    src, spec, loaded, tokenizer, plan, text_cfg = p.src, p.spec, p.loaded, p.tokenizer, p.plan, p.text_cfg
 
     new_vocab = max(text_cfg.vocab_size, len(tokenizer))
     new_ids = [tokenizer.convert_tokens_to_ids(t) for t in plan.added]
@@ -179,8 +171,10 @@ def _assemble(
         enc_module = loaded.module.to(out_dtype)
         for k, v in enc_module.state_dict().items():
             writer.add(f"encoder.{k}", v.detach())
-        torch.manual_seed(seed)
-        conn = CONNECTORS.get(connector).build(loaded.module.feature_dim, text_cfg.hidden_size).to(out_dtype)
+        with torch.random.fork_rng(devices=[]):  # a seeded connector init, the caller's RNG untouched
+            torch.manual_seed(seed)
+            conn = CONNECTORS.get(p.connector).build(loaded.module.feature_dim, text_cfg.hidden_size)
+        conn = conn.to(out_dtype)
         for k, v in conn.state_dict().items():
             writer.add(f"connector.{k}", v.detach())
         writer.close()
@@ -192,7 +186,7 @@ def _assemble(
             encoder_kind=spec.kind,
             encoder_args=loaded.module.args,
             encoder_dim=loaded.module.feature_dim,
-            connector=connector,
+            connector=p.connector,
             image_token_id=ids[plan.image_token],
             feature_token_ids=list(ids.values()),
             dtype=out_dtype,
@@ -223,7 +217,7 @@ def _assemble(
                 "llm_family": p.family.id,
                 "encoder": str(spec),
                 "encoder_info": loaded.info,
-                "connector": connector,
+                "connector": p.connector,
                 "dtype": str(out_dtype).replace("torch.", ""),
                 "added_tokens": plan.added,
                 "pad_token": plan.pad_token,
