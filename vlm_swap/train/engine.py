@@ -8,6 +8,7 @@ accelerate/torchrun) is the HF Trainer's; this module only maps a recipe stage o
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -135,14 +136,25 @@ class SwapTrainer(Trainer):
 
 
 def newest_checkpoint(stage_dir: Path) -> Path | None:
-    """The newest checkpoint of a stage that was written completely (state, optimizer, scheduler)."""
+    """The newest checkpoint of a stage that was written completely.
+
+    The HF Trainer writes weights, optimizer, scheduler and RNG state first and
+    ``trainer_state.json`` last, so a checkpoint killed mid-write lacks a readable state file.
+    """
     if not stage_dir.is_dir():
         return None
     found = []
     for p in stage_dir.iterdir():
         m = CHECKPOINT.match(p.name)
-        if m and p.is_dir() and all((p / f).is_file() for f in ("trainer_state.json", "optimizer.pt", "scheduler.pt")):
-            found.append((int(m.group(1)), p))
+        if not (m and p.is_dir() and (p / "optimizer.pt").is_file() and (p / "scheduler.pt").is_file()):
+            continue
+        if not any(p.glob("rng_state*.pth")):
+            continue
+        try:
+            json.loads((p / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        found.append((int(m.group(1)), p))
     return max(found)[1] if found else None
 
 

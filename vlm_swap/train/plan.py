@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from ..errors import VlmSwapError
@@ -62,8 +63,12 @@ def component_of(name: str) -> str | None:
     return None
 
 
-def wrap(model: nn.Module, plan: RunPlan) -> nn.Module:
-    """Wrap with peft when the run uses LoRA; otherwise return the model unchanged."""
+def wrap(model: nn.Module, plan: RunPlan, seed: int) -> nn.Module:
+    """Wrap with peft when the run uses LoRA; otherwise return the model unchanged.
+
+    LoRA's A matrices are initialised from ``seed`` (the caller's RNG untouched), so a run, and a
+    run resumed in a new process, is reproducible.
+    """
     if not plan.uses_peft:
         return model
     from peft import LoraConfig, get_peft_model
@@ -89,7 +94,9 @@ def wrap(model: nn.Module, plan: RunPlan) -> nn.Module:
         alpha_pattern=alpha,
         bias="none",
     )
-    return get_peft_model(model, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, config)
 
 
 def apply_stage(model: nn.Module, stage: Stage) -> dict[str, int]:

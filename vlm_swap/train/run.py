@@ -89,7 +89,7 @@ def train(
     if console is not None and _rank() == 0:
         console.print(f"data: {report.summary()}")
     plan = run_plan(spec)
-    model = wrap(model, plan)
+    model = wrap(model, plan, seed=spec.stages[0].seed)
     if _rank() == 0:
         run.mkdir(parents=True, exist_ok=True)
         (run / RECIPE_NAME).write_text(yaml.safe_dump(recipe_to_dict(spec), sort_keys=False))
