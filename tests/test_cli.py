@@ -187,3 +187,36 @@ def test_console_script_as_subprocess(tmp_path):
         [*cmd, "inspect", str(tmp_path / "missing")], capture_output=True, text=True, env=env, timeout=120
     )
     assert bad.returncode != 0 and "path not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_train_and_merge_bad_input(tmp_path, llava, vit):
+    up = tmp_path / "up"
+    assert run("upgrade", llava(), "-e", f"hf-vit:{vit()}", "-o", up).exit_code == 0
+    run_dir = tmp_path / "run"
+    assert_clean_failure(
+        run("train", "tiny-cpu", "--model", up, "--data", tmp_path / "missing.json", "--out", run_dir),
+        "data file not found",
+    )
+    assert_clean_failure(
+        run("train", "tiny-cpu", "--model", tmp_path / "nope", "--data", tmp_path / "d.json", "--out", run_dir),
+        "path not found",
+    )
+    assert_clean_failure(
+        run(
+            "train",
+            "tiny-cpu",
+            "--model",
+            up,
+            "--data",
+            tmp_path / "d.json",
+            "--out",
+            run_dir,
+            "--set",
+            "stages.align.steps=0",
+        ),
+        "steps/epochs must be positive",
+    )
+    assert not run_dir.exists()
+    assert_clean_failure(
+        run("merge", up, "--out", tmp_path / "merged"), "holds no LoRA adapter", out_dir=tmp_path / "merged"
+    )
