@@ -18,19 +18,13 @@ from typing import Any
 
 import torch
 from transformers import CLIPImageProcessor
-from transformers.image_utils import PILImageResampling
 
 from ..errors import VlmSwapError
 from ..io import read_json
 from .base import EncoderBackend, LoadedEncoder, strided_rows
+from .eval_transform import clip_processor
 
 CONFIG_NAME, WEIGHTS_NAME = "open_clip_config.json", "open_clip_model.safetensors"
-# open_clip interpolation name -> resampling of the transformers image processor
-RESAMPLE = {
-    "bicubic": PILImageResampling.BICUBIC,
-    "bilinear": PILImageResampling.BILINEAR,
-    "nearest": PILImageResampling.NEAREST,
-}
 
 
 def build_visual(model_cfg: dict[str, Any]) -> torch.nn.Module:
@@ -60,22 +54,13 @@ def image_processor(preprocess_cfg: dict[str, Any], size: list[int]) -> CLIPImag
 
     pp = merge_preprocess_dict(PreprocessCfg(), preprocess_cfg)
     h, w = size
-    if pp["interpolation"] not in RESAMPLE:
-        raise VlmSwapError(f"open_clip interpolation {pp['interpolation']!r} is not supported ({', '.join(RESAMPLE)})")
     if pp["resize_mode"] == "shortest":  # shorter side to the input size, then center crop (exact for square)
         resize, crop = {"shortest_edge": min(h, w)}, True
     elif pp["resize_mode"] == "squash":  # both sides to the input size
         resize, crop = {"height": h, "width": w}, False
     else:
         raise VlmSwapError(f"open_clip resize_mode {pp['resize_mode']!r} is not supported (shortest, squash)")
-    return CLIPImageProcessor(
-        size=resize,
-        crop_size={"height": h, "width": w},
-        do_center_crop=crop,
-        resample=RESAMPLE[pp["interpolation"]],
-        image_mean=list(pp["mean"]),
-        image_std=list(pp["std"]),
-    )
+    return clip_processor("open_clip", resize, (h, w), crop, pp["interpolation"], pp["mean"], pp["std"])
 
 
 def read_visual_weights(weights: Path) -> dict[str, torch.Tensor]:

@@ -18,22 +18,12 @@ from typing import Any
 
 import torch
 from transformers import CLIPImageProcessor, PreTrainedConfig
-from transformers.image_utils import PILImageResampling
 
 from ..errors import VlmSwapError
 from ..io import read_json
 from .base import EncoderBackend, LoadedEncoder, strided_rows
+from .eval_transform import clip_processor
 from .loading import load_pretrained, weight_files
-
-# timm interpolation name -> resampling of the transformers image processor
-RESAMPLE = {
-    "bicubic": PILImageResampling.BICUBIC,
-    "bilinear": PILImageResampling.BILINEAR,
-    "nearest": PILImageResampling.NEAREST,
-    "lanczos": PILImageResampling.LANCZOS,
-    "box": PILImageResampling.BOX,
-    "hamming": PILImageResampling.HAMMING,
-}
 
 
 def timm_config(raw: dict[str, Any], source: str):
@@ -62,16 +52,7 @@ def image_processor(data: dict[str, Any]) -> CLIPImageProcessor:
         size = {"height": scale[0], "width": scale[1]}
     else:
         raise VlmSwapError(f"timm crop_mode {data['crop_mode']!r} is not supported (center, squash)")
-    if data["interpolation"] not in RESAMPLE:
-        raise VlmSwapError(f"timm interpolation {data['interpolation']!r} is not supported ({', '.join(RESAMPLE)})")
-    return CLIPImageProcessor(
-        size=size,
-        crop_size={"height": h, "width": w},
-        do_center_crop=True,
-        resample=RESAMPLE[data["interpolation"]],
-        image_mean=list(data["mean"]),
-        image_std=list(data["std"]),
-    )
+    return clip_processor("timm", size, (h, w), True, data["interpolation"], data["mean"], data["std"])
 
 
 class TimmViTEncoder(EncoderBackend):
