@@ -200,3 +200,19 @@ def test_torchrun_two_processes_write_the_same_adapter_format(setup, tmp_path):
     assert json.loads((run / "adapter_config.json").read_text())["peft_type"] == "LORA"
     state = json.loads((run / "stage-2-lora" / "checkpoint-6" / "trainer_state.json").read_text())
     assert state["global_step"] == 6
+
+
+def test_samples_too_long_for_any_stage_are_dropped_before_training(setup, tmp_path):
+    """Validation uses the shortest stage max_length: no sample can fail in the middle of a later stage."""
+    _, up, data = setup
+    with pytest.raises(vlm_swap.VlmSwapError, match=r"no usable rows .*24 too long"):
+        train(
+            "tiny-cpu",
+            up,
+            data,
+            tmp_path / "run",
+            images=data.parent,
+            overrides=[*FAST, "stages.align.max_length=8"],
+            progress=False,
+        )
+    assert not (tmp_path / "run").exists()

@@ -83,8 +83,9 @@ def train(
         _check_run_dir(run, spec, resume)
     model, processor = load(model_dir)
     model_path = Path(model.config._name_or_path)
-    max_length = max(s.max_length for s in spec.stages)
-    encoder = Encoder(processor, max_length, _empty_think(model_path))
+    # validated at the shortest stage length, so every kept sample fits every stage (each stage then
+    # truncates text, never image tokens, at its own max_length)
+    encoder = Encoder(processor, min(s.max_length for s in spec.stages), _empty_think(model_path))
     samples, report = load_dataset(data, images, encoder, max_images=max_images, on_bad_rows=on_bad_rows)
     if console is not None and _rank() == 0:
         console.print(f"data: {report.summary()}")
