@@ -61,3 +61,19 @@ def bare_llm(zoo_dir):
 def images():
     """Scenes of several sizes and aspect ratios."""
     return [zoo.make_scene(i, size).render() for i, size in enumerate([(96, 64), (64, 128), (160, 160)])]
+
+
+@pytest.fixture(scope="session")
+def llava_next(zoo_dir):
+    """Tiny llava-hf LLaVA-NeXT sources by LLM family: ``llava_next("mistral")``."""
+    from vlm_swap.zoo.sources import build_llava_next
+
+    return _cached(zoo_dir, lambda out, llm="mistral": build_llava_next(out, llm=llm), "llava-next")
+
+
+@pytest.fixture(scope="session")
+def llava_original(zoo_dir):
+    """Tiny checkpoints in the original LLaVA repository layout: ``llava_original("llama2")``."""
+    from vlm_swap.zoo.sources import build_llava_original
+
+    return _cached(zoo_dir, lambda out, llm="llama2": build_llava_original(out, llm=llm), "llava-original")

@@ -2,6 +2,8 @@
 
 The model is built on the meta device (no memory, no weights read), so a directory holding only
 a config.json gives the same architecture, part sizes and parameter counts as a full checkpoint.
+A layout whose config describes only the LLM (original LLaVA: the tower is referenced by name)
+has its other parts counted from the safetensors headers when the weights are there.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
 from .catalog import CATALOG
-from .encoders.loading import looks_local
+from .encoders.loading import looks_local, weight_files
 from .errors import VlmSwapError
 from .io import PROVENANCE_NAME, read_json
-from .sources import CAUSAL_LM, Source, describe, detect_adapter, open_source
+from .sources import CAUSAL_LM, Source, describe, detect_adapter, open_safetensors, open_source
 
 
 def _meta_model(config, causal: bool = False):
@@ -41,12 +43,17 @@ def inspect_source(source: str) -> dict[str, Any]:
         src = Source(Path(entry.hub_id), adapter, config)
     else:
         src = open_source(source, weights=False)
-    model = _meta_model(src.config, causal=src.adapter is CAUSAL_LM)
+    causal = src.adapter is CAUSAL_LM or src.adapter.llm_config.flat
+    model = _meta_model(src.text_config if causal else src.config, causal=causal)
     parts: dict[str, int] = {"encoder": 0, "connector": 0, "llm": 0}
     for name, p in model.named_parameters():
         part = src.adapter.part_of(name)
         if part:
             parts[part] += p.numel()
+    extra = 0
+    for part, n in _header_counts(src).items():
+        if parts[part] == 0:  # a part the config does not describe (original LLaVA's projector and tower)
+            parts[part], extra = n, extra + n
     text, vision = src.text_config, src.vision_config
     image_token_id = src.image_token_id
     report: dict[str, Any] = {
@@ -56,11 +63,11 @@ def inspect_source(source: str) -> dict[str, Any]:
         "weights": "safetensors" if src.path.is_dir() and any(src.path.glob("*.safetensors")) else "config only",
         "parts": {
             "encoder": {
-                "type": getattr(vision, "model_type", None),
+                "type": getattr(vision, "model_type", None) or src.config_value("vision_tower"),
                 "params": parts["encoder"],
                 "hidden_size": getattr(vision, "hidden_size", None),
             },
-            "connector": {"type": _config_value(src, "connector_type"), "params": parts["connector"]},
+            "connector": {"type": src.config_value("connector_type"), "params": parts["connector"]},
             "llm": {
                 "type": text.model_type,
                 "params": parts["llm"],
@@ -73,7 +80,7 @@ def inspect_source(source: str) -> dict[str, Any]:
         "image_token_id": image_token_id,
         "image_token": _token_string(src.path, image_token_id),
         "tokens_per_image": _tokens_per_image(src),
-        "total_params": count_params(model),
+        "total_params": count_params(model) + extra,
     }
     provenance = src.path / PROVENANCE_NAME
     if provenance.is_file():
@@ -81,9 +88,18 @@ def inspect_source(source: str) -> dict[str, Any]:
     return report
 
 
-def _config_value(src, field: str):
-    key = src.adapter.config.get(field)
-    return getattr(src.config, key, None) if key else None
+def _header_counts(src: Source) -> dict[str, int]:
+    """Parameters per part read from the safetensors headers of a local checkpoint (no tensor read)."""
+    counts = {"encoder": 0, "connector": 0, "llm": 0}
+    if not src.path.is_dir():
+        return counts
+    for path in weight_files(src.path, required=False):
+        with open_safetensors(path) as st:
+            for key in st.keys():
+                if part := src.adapter.part_of(key):
+                    shape = st.get_slice(key).get_shape()
+                    counts[part] += int(torch.Size(shape).numel())
+    return counts
 
 
 def _tokens_per_image(src) -> int | None:

@@ -309,7 +309,7 @@ def _rows_per_image(loaded: LoadedEncoder) -> int:
 
 
 def _chat_template(src: Source, tokenizer, trust_remote_code: bool) -> str | None:
-    """The source's processor template (multimodal-aware) when it has one, else the tokenizer's."""
+    """The source's processor template (multimodal-aware), else the tokenizer's, else its adapter's default."""
     if src.adapter.id != "causal-lm":
         try:
             processor = AutoProcessor.from_pretrained(str(src.path), trust_remote_code=trust_remote_code)
@@ -317,7 +317,7 @@ def _chat_template(src: Source, tokenizer, trust_remote_code: bool) -> str | Non
                 return processor.chat_template
         except (OSError, ValueError, TypeError):
             pass
-    return tokenizer.chat_template
+    return tokenizer.chat_template or src.adapter.chat_template
 
 
 def _generation_config(src: Source, tokenizer) -> GenerationConfig:
