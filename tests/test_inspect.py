@@ -78,6 +78,13 @@ PUBLISHED = {
     "llama-3.2-3b": 3_212_749_824,
     "qwen3-0.6b": 596_049_920,
     "qwen3-4b": 4_022_468_096,
+    # source VLMs and target LLMs
+    "llava-v1.6-mistral-7b-hf": 7_566_747_648,
+    "llava-v1.6-vicuna-7b-hf": 7_063_431_168,
+    "vicuna-13b": 13_015_864_320,
+    "qwen3-8b": 8_190_735_360,
+    "qwen3-14b": 14_768_307_200,
+    "qwen3-32b": 32_762_123_264,
 }
 
 

@@ -179,3 +179,72 @@ for _e in (
     ),
 ):
     CATALOG.register(_e.id, _e)
+
+
+# --- Source VLMs (LLaVA-1.6) and target LLMs (Qwen3 14B/32B), from their published config.json ---
+
+
+def _llava_next(text: dict, image_token_index: int) -> dict:
+    """llava-hf LLaVA-1.6: LLaVA-1.5's CLIP-L/336 tower and projector, any-res crops and image_newline."""
+    cfg = _llava15(text)
+    pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+    cfg.update(model_type="llava_next", image_token_index=image_token_index, image_grid_pinpoints=pinpoints)
+    return cfg
+
+
+def _mistral_7b(vocab: int) -> dict:
+    """Mistral-7B-Instruct-v0.2's LLM (32k context, rope theta 1e6, no sliding window)."""
+    return dict(
+        model_type="mistral",
+        vocab_size=vocab,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        sliding_window=None,
+        tie_word_embeddings=False,
+    )
+
+
+for _e in (
+    CatalogEntry(
+        "qwen3-14b", "Qwen/Qwen3-14B", "llm", "qwen3", 5120, context=40960, arch=_qwen3(5120, 17408, 40, 40, False)
+    ),
+    CatalogEntry(
+        "qwen3-32b", "Qwen/Qwen3-32B", "llm", "qwen3", 5120, context=40960, arch=_qwen3(5120, 25600, 64, 64, False)
+    ),
+    CatalogEntry(
+        "llava-v1.6-mistral-7b-hf",
+        "llava-hf/llava-v1.6-mistral-7b-hf",
+        "vlm",
+        "mistral",
+        4096,
+        576,
+        32768,
+        arch=_llava_next(_mistral_7b(32064), 32000),
+    ),
+    CatalogEntry(
+        "llava-v1.6-vicuna-7b-hf",
+        "llava-hf/llava-v1.6-vicuna-7b-hf",
+        "vlm",
+        "llama2",
+        4096,
+        576,
+        4096,
+        arch=_llava_next(_llama(32064, 4096, 11008, 32, 32, 32, 4096, False), 32000),
+    ),
+    CatalogEntry(
+        "llava-v1.6-vicuna-13b-hf",
+        "llava-hf/llava-v1.6-vicuna-13b-hf",
+        "vlm",
+        "llama2",
+        5120,
+        576,
+        4096,
+        arch=_llava_next(_llama(32064, 5120, 13824, 40, 40, 40, 4096, False), 32000),
+    ),
+):
+    CATALOG.register(_e.id, _e)
