@@ -103,6 +103,7 @@ def test_qwen25vl_llm_is_a_plain_qwen2_with_the_source_text_logits(tmp_path, per
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:`rope_scaling` is deprecated:FutureWarning")  # AutoConfig's misreading
 @pytest.mark.parametrize("llm,config_cls", [("llama2", LlamaConfig), ("mistral", MistralConfig)])
 def test_llava_original_config_is_read_from_the_raw_file(llava_original, llm, config_cls):
     src = llava_original(llm)
@@ -166,3 +167,112 @@ def test_list_sources_json_and_inspect_name_the_source(sources):
         assert result.exit_code == 0, result.output
         assert f"({source_id})" in result.output
         assert inspect_source(str(sources[source_id]()))["source_kind"] == source_id
+
+
+# Published config.json files (config only): Qwen/Qwen2.5-VL-7B-Instruct in its hub format and liuhaotian/llava-v1.5-7b.
+QWEN25_VL_7B = {
+    "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+    "model_type": "qwen2_5_vl",
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "vision_start_token_id": 151652,
+    "vision_end_token_id": 151653,
+    "image_token_id": 151655,
+    "video_token_id": 151656,
+    "hidden_act": "silu",
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "max_position_embeddings": 128000,
+    "max_window_layers": 28,
+    "num_attention_heads": 28,
+    "num_hidden_layers": 28,
+    "num_key_value_heads": 4,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "sliding_window": 32768,
+    "use_sliding_window": False,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "vocab_size": 152064,
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+    "vision_config": {
+        "depth": 32,
+        "hidden_act": "silu",
+        "hidden_size": 1280,
+        "intermediate_size": 3420,
+        "num_heads": 16,
+        "in_chans": 3,
+        "out_hidden_size": 3584,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "window_size": 112,
+        "fullatt_block_indexes": [7, 15, 23, 31],
+        "tokens_per_second": 2,
+        "temporal_patch_size": 2,
+    },
+}
+LLAVA_V15_7B = {
+    "_name_or_path": "./checkpoints/vicuna-7b-v1-5",
+    "architectures": ["LlavaLlamaForCausalLM"],
+    "model_type": "llava",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+    "freeze_mm_mlp_adapter": False,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "image_aspect_ratio": "pad",
+    "initializer_range": 0.02,
+    "intermediate_size": 11008,
+    "max_length": 4096,
+    "max_position_embeddings": 4096,
+    "mm_hidden_size": 1024,
+    "mm_projector_type": "mlp2x_gelu",
+    "mm_use_im_patch_token": False,
+    "mm_use_im_start_end": False,
+    "mm_vision_select_feature": "patch",
+    "mm_vision_select_layer": -2,
+    "mm_vision_tower": "openai/clip-vit-large-patch14-336",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 32,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": None,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float16",
+    "transformers_version": "4.31.0",
+    "tune_mm_mlp_adapter": False,
+    "use_cache": True,
+    "use_mm_proj": True,
+    "vocab_size": 32000,
+}
+
+
+@pytest.mark.parametrize(
+    "raw,source_id,text_cls,llm_params,total",
+    [
+        # Qwen2.5-VL-7B-Instruct: 8,292,166,656 in all; its LLM is Qwen2.5-7B's 7,615,616,512
+        (QWEN25_VL_7B, "qwen2.5-vl", "Qwen2Config", 7_615_616_512, 8_292_166_656),
+        # LLaVA-1.5-7B (original layout): the LLM is Vicuna-7B's 6,738,415,616; tower and projector not in the config
+        (LLAVA_V15_7B, "llava-original", "LlamaConfig", 6_738_415_616, 6_738_415_616),
+    ],
+    ids=["qwen2.5-vl-7b", "llava-v1.5-7b"],
+)
+def test_published_configs_give_the_published_llm(tmp_path, raw, source_id, text_cls, llm_params, total):
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    report = inspect_source(str(tmp_path))
+    assert report["source_kind"] == source_id
+    assert (report["parts"]["llm"]["params"], report["total_params"]) == (llm_params, total)
+    text = open_source(str(tmp_path), weights=False).text_config
+    assert type(text).__name__ == text_cls
+    assert "mrope_section" not in json.dumps(text.to_dict()) and "mm_vision_tower" not in text.to_dict()
+    with torch.device("meta"):
+        llm = AutoModelForCausalLM.from_config(text)
+    assert sum(p.numel() for p in llm.parameters()) == llm_params
+
+
+def test_build_refuses_an_original_llava_checkpoint(tmp_path, llava_original, vit):
+    """Its config looks like a bare Llama once read, but it is a VLM: `build` says so in one line."""
+    with pytest.raises(VlmSwapError, match="is a VLM \\(LlavaLlamaForCausalLM\\); use `vlm-swap upgrade`"):
+        vlm_swap.build(str(llava_original("llama2")), f"hf-vit:{vit('clip')}", tmp_path / "out")

@@ -117,7 +117,7 @@ def prepare(
     loaded = backend.load(
         resolve_source(spec.source, marker=backend.marker_file), dtype=None, trust_remote_code=trust_remote_code
     )
-    tokenizer = AutoTokenizer.from_pretrained(str(src.path), trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(str(src.path), config=src.config, trust_remote_code=trust_remote_code)
     chat_template = _chat_template(src, tokenizer, trust_remote_code)
     text_cfg = copy.deepcopy(src.text_config)
     family = detect_family(text_cfg.model_type, tokenizer.get_vocab())
@@ -312,7 +312,9 @@ def _chat_template(src: Source, tokenizer, trust_remote_code: bool) -> str | Non
     """The source's processor template (multimodal-aware), else the tokenizer's, else its adapter's default."""
     if src.adapter.id != "causal-lm":
         try:
-            processor = AutoProcessor.from_pretrained(str(src.path), trust_remote_code=trust_remote_code)
+            processor = AutoProcessor.from_pretrained(
+                str(src.path), config=src.config, trust_remote_code=trust_remote_code
+            )
             if getattr(processor, "chat_template", None):
                 return processor.chat_template
         except (OSError, ValueError, TypeError):
