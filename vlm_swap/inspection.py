@@ -51,9 +51,10 @@ def inspect_source(source: str) -> dict[str, Any]:
         if part:
             parts[part] += p.numel()
     extra = 0
-    for part, n in _header_counts(src).items():
-        if parts[part] == 0:  # a part the config does not describe (original LLaVA's projector and tower)
-            parts[part], extra = n, extra + n
+    if 0 in parts.values():  # a part the config does not describe (original LLaVA's projector and tower)
+        for part, n in _header_counts(src).items():
+            if parts[part] == 0:
+                parts[part], extra = n, extra + n
     text, vision = src.text_config, src.vision_config
     image_token_id = src.image_token_id
     report: dict[str, Any] = {
