@@ -45,3 +45,27 @@ def test_upgrade_with_family_reload_generate(tmp_path, llava, perceiver, images,
     with torch.no_grad():
         logits = model(**inputs).logits[:, -1]
     assert torch.equal(gen[:, inputs["input_ids"].shape[1]], logits.argmax(-1))
+
+
+@pytest.mark.parametrize("family", ["idefics3", "llava_onevision"])
+def test_training_batches_collate_across_tile_counts(tmp_path, llava, perceiver, images, family):
+    """Samples whose images split into different numbers of tiles/views collate and give a finite loss."""
+    from vlm_swap.train.data import Collator, Encoder, Sample
+
+    out = vlm_swap.upgrade(str(llava("llama2", "clip")), f"perceiver:{perceiver(family)}", tmp_path / "o")
+    model, processor = vlm_swap.load(out)
+    encoder = Encoder(processor, max_length=4096)
+    rows = []
+    for i, image in enumerate(images):
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is it?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "a red circle"}]},
+        ]
+        rows.append(encoder(Sample(i, messages, []), images=[image]))
+    batch = Collator(processor.tokenizer.pad_token_id)(rows)
+    n_rows = int(torch.isin(batch["input_ids"], torch.tensor(model.config.feature_token_ids)).sum())
+    loss = model(**batch).loss
+    assert torch.isfinite(loss)
+    with torch.no_grad():
+        feats = model.get_image_features(**{k: v for k, v in batch.items() if k in model.encoder.input_names})
+    assert feats.shape[0] == n_rows
