@@ -131,3 +131,11 @@ def test_unsupported_family_is_refused():
 def test_a_checkpoint_of_another_family_is_refused_on_load(llava):
     with pytest.raises(VlmSwapError, match="perceiver family 'llava' is not supported"):
         PerceiverEncoder.load(str(llava()), dtype=None, trust_remote_code=False)
+
+
+def test_a_model_type_transformers_cannot_load_is_refused(tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "not_a_real_vlm", "hidden_size": 8}))
+    with pytest.raises(VlmSwapError, match="transformers cannot load the perceiver config.*supported: gemma3"):
+        PerceiverEncoder.load(str(tmp_path), dtype=None, trust_remote_code=False)

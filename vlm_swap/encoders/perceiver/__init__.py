@@ -44,15 +44,26 @@ PERCEIVER_FAMILIES: dict[str, type[PerceiverFamily]] = {
 }
 
 
+def _supported() -> str:
+    names = sorted({f.name for f in PERCEIVER_FAMILIES.values()})
+    return f"supported: {', '.join(sorted(PERCEIVER_FAMILIES))}; that is {', '.join(names)}"
+
+
 def check_family(config: PreTrainedConfig) -> type[PerceiverFamily]:
     family = PERCEIVER_FAMILIES.get(config.model_type)
     if family is None:
-        names = sorted({f.name for f in PERCEIVER_FAMILIES.values()})
-        raise VlmSwapError(
-            f"perceiver family {config.model_type!r} is not supported "
-            f"(supported: {', '.join(sorted(PERCEIVER_FAMILIES))}; that is {', '.join(names)})"
-        )
+        raise VlmSwapError(f"perceiver family {config.model_type!r} is not supported ({_supported()})")
     return family
+
+
+def load_config(source: str, trust_remote_code: bool) -> PreTrainedConfig:
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise VlmSwapError(
+            f"transformers cannot load the perceiver config of {source} ({_supported()}): {first}"
+        ) from exc
 
 
 def family_of(args: dict[str, Any]) -> type[PerceiverFamily]:
@@ -107,7 +118,7 @@ class PerceiverEncoder(EncoderBackend):
 
     @classmethod
     def load(cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool) -> LoadedEncoder:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        config = load_config(source, trust_remote_code)
         family = check_family(config)
         model = load_pretrained(AutoModel, source, dtype=dtype, trust_remote_code=trust_remote_code)
         try:
