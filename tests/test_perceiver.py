@@ -94,14 +94,20 @@ def test_family_rules_predict_the_row_counts(loaded_perceivers, images):
     # Idefics3: longest edge resized to 64, 32 px tiles of 4 tokens, then a global view; "\n" after each row
     inputs, rows = grids["idefics3"]
     assert inputs["tile_grid"].tolist() == [[2, 2], [2, 1], [2, 2]]
-    # tiles x (marker + tag + 4) + row newlines + (global tag + 4) + inner global marker
-    assert rows == [4 * 6 + 2 + 5 + 1, 2 * 6 + 2 + 5 + 1, 4 * 6 + 2 + 5 + 1]
+    # span = tiles x (marker + tag + 4) + "\n" + "\n\n" + (marker + global tag + 4 + marker); rows drop 2 markers
+    tok = AutoProcessor.from_pretrained(loaded_perceivers("idefics3")[0]).tokenizer
+    newlines = len(tok("\n", add_special_tokens=False)["input_ids"]) + len(
+        tok("\n\n", add_special_tokens=False)["input_ids"]
+    )
+    assert rows == [t * 6 + newlines + 7 - 2 for t in (4, 2, 4)]
     # Gemma 3: a fixed count whatever the size
     assert grids["gemma3"][1] == [4, 4, 4]
     # LLaVA-OneVision: base 2x2 + the unpadded anyres grid (2 feature rows per view) + one newline per grid row
     inputs, rows = grids["llava_onevision"]
     assert inputs["image_sizes"].tolist() == [[64, 96], [128, 64], [160, 160]]
     assert rows[2] == 4 + 4 * 4 + 4  # square: a 2 x 2 grid of views -> 4 x 4 features, 4 newlines
+    assert rows[0] == 4 + 2 * 4 + 2  # wide 96 x 64 on a 2 x 2 grid: 4 x 4 features unpadded to 2 x 4
+    assert rows[1] == 4 + 4 * 2 + 4  # tall 64 x 128 on a 2 x 1 grid: 4 x 2 features, nothing to unpad
 
 
 def test_special_tokens_come_from_the_perceiver_config(loaded_perceivers):

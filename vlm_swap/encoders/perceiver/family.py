@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 import torch
 from transformers import PreTrainedConfig
 
+from ...errors import VlmSwapError
+
 #: DPA trained with at most 262,144 pixels per image; the perceiver's processor is capped to it where the family allows.
 DEFAULT_MAX_PIXELS = 262_144
 
@@ -67,9 +69,7 @@ class PerceiverFamily:
 
 def check_token(tokenizer, token: str) -> int:
     """The id of ``token``, which must be a whole token of the perceiver's vocabulary."""
-    from ...errors import VlmSwapError
-
     tid = tokenizer.convert_tokens_to_ids(token)
-    if tid is None or tid == tokenizer.unk_token_id and token != tokenizer.unk_token:
+    if tid is None or (tid == tokenizer.unk_token_id and token != tokenizer.unk_token):
         raise VlmSwapError(f"the perceiver's tokenizer has no {token!r} token")
     return int(tid)
