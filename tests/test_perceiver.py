@@ -10,7 +10,7 @@ from vlm_swap.encoders import PerceiverEncoder
 from vlm_swap.encoders.perceiver import DEFAULT_SYSTEM_PROMPT, PERCEIVER_FAMILIES, check_family
 from vlm_swap.errors import VlmSwapError
 
-FAMILIES = ["qwen3_vl", "qwen2_5_vl", "idefics3", "llava_onevision", "gemma3"]
+FAMILIES = ["qwen3_vl", "qwen2_5_vl", "qwen2_vl", "idefics3", "llava_onevision", "gemma3"]
 
 
 @pytest.fixture(scope="module")

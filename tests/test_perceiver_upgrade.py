@@ -9,7 +9,7 @@ import vlm_swap
 
 from .helpers import ask
 
-FAMILIES = ["idefics3", "llava_onevision", "gemma3", "qwen2_5_vl"]
+FAMILIES = ["idefics3", "llava_onevision", "gemma3", "qwen2_5_vl", "qwen2_vl"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

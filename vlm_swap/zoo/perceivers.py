@@ -17,7 +17,7 @@ import transformers as tf
 from .models import CLIP_MEAN, CLIP_STD, HIDDEN, _save, text_config
 from .tokenizers import GEMMA3_MM_TEMPLATE, ONEVISION_TEMPLATE, QWEN_TEMPLATE, make_tokenizer
 
-PERCEIVER_BUILD_FAMILIES = ("qwen3_vl", "qwen2_5_vl", "idefics3", "llava_onevision", "gemma3")
+PERCEIVER_BUILD_FAMILIES = ("qwen3_vl", "qwen2_5_vl", "qwen2_vl", "idefics3", "llava_onevision", "gemma3")
 TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 
 
@@ -26,6 +26,7 @@ def build_perceiver(out: Path, *, family: str = "qwen3_vl", seed: int = 0) -> Pa
     builders = {
         "qwen3_vl": _qwen,
         "qwen2_5_vl": _qwen,
+        "qwen2_vl": _qwen,
         "idefics3": _idefics3,
         "llava_onevision": _llava_onevision,
         "gemma3": _gemma3,
@@ -79,6 +80,18 @@ def _qwen(family: str):
         model = tf.Qwen3VLForConditionalGeneration(config)
         patch, video_proc = 16, tf.Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2)
         proc_cls = tf.Qwen3VLProcessor
+    elif family == "qwen2_vl":
+        config = tf.Qwen2VLConfig(
+            text_config=text,
+            vision_config=dict(
+                depth=2, embed_dim=32, hidden_size=HIDDEN, mlp_ratio=2, num_heads=2, patch_size=14, spatial_merge_size=2
+            ),
+            tie_word_embeddings=True,
+            **ids,
+        )
+        model = tf.Qwen2VLForConditionalGeneration(config)
+        patch, video_proc = 14, tf.Qwen2VLVideoProcessor(patch_size=14, merge_size=2, temporal_patch_size=2)
+        proc_cls = tf.Qwen2VLProcessor
     else:
         config = tf.Qwen2_5_VLConfig(
             text_config=text,
