@@ -34,7 +34,12 @@ def _qwen3_vl_2b() -> dict:
         head_dim=128,
         max_position_embeddings=262144,
         tie_word_embeddings=True,
-        rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20]},
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 5000000.0,
+            "mrope_section": [24, 20, 20],
+            "mrope_interleaved": True,
+        },
     )
     vision = dict(
         depth=24,

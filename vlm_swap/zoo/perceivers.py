@@ -169,11 +169,9 @@ def _llava_onevision(family: str):
 
 def _gemma3(family: str):
     """Gemma 3's layout: a fixed 64 px SigLIP view (4 x 4 patches) pooled to 4 soft tokens between boi/eoi."""
-    tok = make_tokenizer("gemma3")
     # Gemma 3 tokenizers name these three (``tokenizer.boi_token`` ...); its processor reads them.
-    tok._set_model_specific_special_tokens(
-        {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
-    )
+    named = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    tok = make_tokenizer("gemma3", named=named)
     config = tf.Gemma3Config(
         text_config=text_config("gemma3", tok).to_dict(),
         vision_config=tf.SiglipVisionConfig(image_size=64, patch_size=16, **TOWER).to_dict(),

@@ -199,8 +199,14 @@ def _corpus() -> list[str]:
     return lines
 
 
-def make_tokenizer(style: str, vocab_size: int = 400, extra_special: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
-    """A small byte-level BPE tokenizer with the special tokens and chat template of ``style``."""
+def make_tokenizer(
+    style: str, vocab_size: int = 400, extra_special: tuple[str, ...] = (), named: dict[str, str] | None = None
+) -> PreTrainedTokenizerFast:
+    """A small byte-level BPE tokenizer with the special tokens and chat template of ``style``.
+
+    ``named`` gives special tokens of the style a name (``{"boi_token": "<start_of_image>"}`` makes
+    ``tokenizer.boi_token``), as some families' tokenizers do for their processors.
+    """
     spec = STYLES[style]
     specials = list(spec["specials"]) + list(extra_special)
     tok = Tokenizer(models.BPE())
@@ -227,6 +233,7 @@ def make_tokenizer(style: str, vocab_size: int = 400, extra_special: tuple[str, 
         pad_token=spec["pad"],
         unk_token=spec["unk"],
         chat_template=spec["template"],
+        extra_special_tokens=named,
         model_max_length=4096,
         clean_up_tokenization_spaces=False,
     )
