@@ -27,6 +27,7 @@ class CatalogEntry:
     context: int = 0
     encoder_kind: str = ""  # for perceivers/ViTs: the encoder kind that loads it
     arch: dict | None = None  # the published config (model_type + sizes): builds the model on the meta device
+    boundaries: bool = True  # perceivers: a marker row before and after the image rows (LLaVA-OneVision has none)
 
     @property
     def spec(self) -> str:
@@ -39,12 +40,15 @@ class CatalogEntry:
         from transformers.models.auto.modeling_auto import (
             MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
             MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+            MODEL_MAPPING_NAMES,
         )
 
         arch = dict(self.arch)
         model_type = arch.pop("model_type")
         cfg = AutoConfig.for_model(model_type, **arch)
-        names = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES if self.role == "llm" else MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+        names = {"llm": MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "vit": MODEL_MAPPING_NAMES}.get(
+            self.role, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+        )
         cfg.architectures = [names[model_type]]
         return cfg
 
@@ -95,20 +99,6 @@ def _llava15(text: dict) -> dict:
 
 CATALOG: Registry[CatalogEntry] = Registry("catalog model")
 for _e in (
-    CatalogEntry("qwen3-vl-2b", "Qwen/Qwen3-VL-2B-Instruct", "perceiver", "qwen3", 2048, 256, encoder_kind="perceiver"),
-    CatalogEntry("qwen3-vl-4b", "Qwen/Qwen3-VL-4B-Instruct", "perceiver", "qwen3", 2560, 256, encoder_kind="perceiver"),
-    CatalogEntry(
-        "qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct", "perceiver", "qwen2", 2048, 324, encoder_kind="perceiver"
-    ),
-    CatalogEntry(
-        "clip-vit-l-14-336", "openai/clip-vit-large-patch14-336", "vit", "clip", 1024, 576, encoder_kind="hf-vit"
-    ),
-    CatalogEntry(
-        "siglip-so400m-384", "google/siglip-so400m-patch14-384", "vit", "siglip", 1152, 729, encoder_kind="hf-vit"
-    ),
-    CatalogEntry(
-        "siglip2-so400m-384", "google/siglip2-so400m-patch14-384", "vit", "siglip2", 1152, 729, encoder_kind="hf-vit"
-    ),
     CatalogEntry(
         "qwen3-0.6b", "Qwen/Qwen3-0.6B", "llm", "qwen3", 1024, context=40960, arch=_qwen3(1024, 3072, 28, 16, True)
     ),
@@ -247,4 +237,11 @@ for _e in (
         arch=_llava_next(_llama(32064, 5120, 13824, 40, 40, 40, 4096, False), 32000),
     ),
 ):
+    CATALOG.register(_e.id, _e)
+
+
+# Perceivers and ViT towers live in their own module (they register into the same catalog).
+from .catalog_encoders import ENCODER_ENTRIES  # noqa: E402
+
+for _e in ENCODER_ENTRIES:
     CATALOG.register(_e.id, _e)

@@ -218,8 +218,12 @@ def pairs(
             for c in r["checks"]
             if c["status"] != "ok" or c["name"] in ("text family", "token budget")
         )
-        table.add_row(r["encoder"], r["llm"], f"[{colour[r['verdict']]}]{r['verdict']}[/]", reasons)
+        encoder = f"{r['encoder']} (recommended)" if r.get("recommended") else r["encoder"]
+        table.add_row(encoder, r["llm"], f"[{colour[r['verdict']]}]{r['verdict']}[/]", reasons)
     out.print(table)
+    for r in rows:
+        if r.get("recommended"):
+            out.print(f"recommended perceiver for {r['llm']}: {r['encoder']} ({r['why']})", highlight=False)
 
 
 @app.command()

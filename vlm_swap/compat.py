@@ -43,7 +43,7 @@ class Check:
 
 
 def encoder_facts(entry: CatalogEntry) -> EncoderFacts:
-    extra = 2 if entry.role == "perceiver" else 0
+    extra = 2 if entry.role == "perceiver" and entry.boundaries else 0
     text_family = entry.family if entry.role == "perceiver" else None
     return EncoderFacts(entry.id, entry.encoder_kind, entry.hidden_size, entry.tokens_per_image + extra, text_family)
 

@@ -38,6 +38,8 @@ def inspect_source(source: str) -> dict[str, Any]:
     """A JSON-able report of a source VLM, an upgraded vlm-swap model, or a catalog VLM/LLM (offline)."""
     if source in CATALOG and not looks_local(source):
         entry = CATALOG.get(source)
+        if entry.role in ("perceiver", "vit"):
+            return inspect_encoder_entry(entry)
         config = entry.config()
         adapter = CAUSAL_LM if entry.role == "llm" else detect_adapter(config)
         src = Source(Path(entry.hub_id), adapter, config)
@@ -121,3 +123,47 @@ def _token_string(path, token_id: int | None) -> str | None:
         return AutoTokenizer.from_pretrained(str(path)).convert_ids_to_tokens(int(token_id))
     except (OSError, ValueError):
         return None
+
+
+def inspect_encoder_entry(entry) -> dict[str, Any]:
+    """A catalog perceiver or ViT built on the meta device: its parts, rows per image and parameter counts.
+
+    A perceiver is counted whole (as published) and as the encoder keeps it (the base model, no LM head).
+    """
+    from transformers import AutoModel
+
+    config = entry.config()
+    cls = AutoModel if entry.role == "vit" else AutoModelForImageTextToText
+    try:
+        with torch.device("meta"):
+            model = cls.from_config(config)
+    except (ValueError, KeyError) as exc:
+        raise VlmSwapError(f"cannot build {entry.id} from its catalog architecture: {exc}") from exc
+    parts = {"vision": 0, "llm": 0, "lm_head": 0}
+    for name, p in model.named_parameters():
+        part = "lm_head" if name.startswith("lm_head") else "llm" if _is_text(name) else "vision"
+        parts[part] += p.numel()
+    text = config.get_text_config() if entry.role == "perceiver" else None
+    vision = getattr(config, "vision_config", config)
+    report_parts = {"vision": {"type": vision.model_type, "params": parts["vision"], "hidden_size": vision.hidden_size}}
+    if text is not None:
+        report_parts["llm"] = {"type": text.model_type, "params": parts["llm"], "hidden_size": text.hidden_size}
+        report_parts["lm_head"] = {"type": "unused by the perceiver", "params": parts["lm_head"]}
+    boundary = 2 if entry.role == "perceiver" and entry.boundaries else 0
+    return {
+        "path": entry.hub_id,
+        "architecture": describe(config),
+        "source_kind": f"catalog {entry.role} ({entry.encoder_kind})",
+        "weights": "config only",
+        "parts": report_parts,
+        "image_token_id": None,
+        "image_token": None,
+        "tokens_per_image": entry.tokens_per_image + boundary,
+        "feature_dim": entry.hidden_size,
+        "encoder_params": count_params(model) - parts["lm_head"],
+        "total_params": count_params(model),
+    }
+
+
+def _is_text(name: str) -> bool:
+    return "language_model" in name or "text_model" in name

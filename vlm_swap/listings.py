@@ -75,4 +75,34 @@ def pair_table(encoder: str | None, llm: str | None, connector: str = "mlp2x-rel
             )
     rank = {"ok": 0, "warn": 1, "fail": 2}
     rows.sort(key=lambda r: (r["llm"], rank[r["verdict"]], not r["same_family"], r["encoder"]))
+    for m in llms:
+        pick = recommend_perceiver(m, [r for r in rows if r["llm"] == m.id])
+        for r in rows:
+            if r["llm"] == m.id:
+                r["recommended"] = pick is not None and r["encoder"] == pick["encoder"]
+                if r["recommended"]:
+                    r["why"] = pick["why"]
     return rows
+
+
+def recommend_perceiver(llm, rows: list[dict]) -> dict | None:
+    """The perceiver to use with ``llm`` among ``rows`` (its pairs): same text family first, then the
+    fewest rows per image among the pairs that fit; None when no perceiver fits."""
+    rank = {"ok": 0, "warn": 1}
+    fitting = [r for r in rows if CATALOG.get(r["encoder"]).role == "perceiver" and r["verdict"] in rank]
+    if not fitting:
+        return None
+
+    def rows_per_image(r: dict) -> int:
+        return encoder_facts(CATALOG.get(r["encoder"])).tokens_per_image
+
+    best = min(fitting, key=lambda r: (not r["same_family"], rank[r["verdict"]], rows_per_image(r), r["encoder"]))
+    n = rows_per_image(best)
+    if best["same_family"]:
+        why = f"same text family ({llm.family}) as the LLM: deepest pre-alignment expected; {n} rows per image"
+    else:
+        why = (
+            f"no perceiver of the {llm.family} family fits; fewest rows per image ({n}) among those that fit "
+            "(only hidden states cross, so any family works)"
+        )
+    return {"encoder": best["encoder"], "why": why}

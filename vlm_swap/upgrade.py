@@ -121,7 +121,7 @@ def prepare(
     chat_template = _chat_template(src, tokenizer, trust_remote_code)
     text_cfg = copy.deepcopy(src.text_config)
     family = detect_family(text_cfg.model_type, tokenizer.get_vocab())
-    plan = plan_tokens(tokenizer, family, src.image_token_id, backend.uses_boundaries)
+    plan = plan_tokens(tokenizer, family, src.image_token_id, loaded.module.uses_boundaries)
     facts_enc = EncoderFacts(
         spec.source, spec.kind, loaded.module.feature_dim, _rows_per_image(loaded), loaded.info.get("text_family")
     )
@@ -303,9 +303,9 @@ def _rows_per_image(loaded: LoadedEncoder) -> int:
     """Rows one default-size image gives (boundaries included), measured on a blank image."""
     from PIL import Image
 
-    inputs = loaded.image_processor(Image.new("RGB", (512, 512)), return_tensors="pt")
-    backend = type(loaded.module)
-    return backend.image_rows(inputs, 0, loaded.module.args) + (2 if backend.uses_boundaries else 0)
+    module = loaded.module
+    inputs = module.preprocess(loaded.image_processor, [Image.new("RGB", (512, 512))], module.args, return_tensors="pt")
+    return module.image_rows(inputs, 0, module.args) + (2 if module.uses_boundaries else 0)
 
 
 def _chat_template(src: Source, tokenizer, trust_remote_code: bool) -> str | None:

@@ -44,6 +44,11 @@ class EncoderBackend(nn.Module):
         raise NotImplementedError
 
     @staticmethod
+    def preprocess(image_processor, images: list, args: dict[str, Any], **kwargs) -> dict[str, Any]:
+        """The image inputs ``forward`` takes, dim 0 concatenating across images (so batches collate)."""
+        return dict(image_processor(images, **kwargs))
+
+    @staticmethod
     def image_rows(image_inputs: dict[str, Any], index: int, args: dict[str, Any]) -> int:
         """Number of image rows (without boundaries) for image ``index`` of a processor output."""
         raise NotImplementedError

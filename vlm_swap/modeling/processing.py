@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from transformers import ProcessorMixin
+from transformers.image_utils import make_flat_list_of_images
 
 from ..encoders import ENCODERS
 
@@ -64,6 +65,16 @@ class SwapVLMProcessor(ProcessorMixin):
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         n = ENCODERS.get(self.encoder_kind).image_rows(_as_tensors(image_inputs), image_idx, self.encoder_args)
         return self.image_start + self.image_token * n + self.image_end
+
+    def process_images(self, images, **kwargs) -> dict[str, Any]:
+        """The encoder kind's preprocessing of ``images`` (a flat list) with its image processor."""
+        backend = ENCODERS.get(self.encoder_kind)
+        return backend.preprocess(self.image_processor, make_flat_list_of_images(images), self.encoder_args, **kwargs)
+
+    def _process_images(self, images, **kwargs):
+        processed = self.process_images(images, **kwargs)
+        n = len(make_flat_list_of_images(images))
+        return processed, [self.replace_image_token(processed, i) for i in range(n)]
 
     def normalize_text(self, text: str) -> str:
         """Undo a template's own start/end wrapping of the image token (the expansion adds it back)."""

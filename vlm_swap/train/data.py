@@ -199,7 +199,7 @@ class Encoder:
         text, spans = self.answer_spans(sample.messages)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         pictures = images if images is not None else [load_image(p) for p in sample.images]
-        image_inputs = self.processor.image_processor(pictures, return_tensors="pt") if pictures else None
+        image_inputs = self.processor.process_images(pictures, return_tensors="pt") if pictures else None
         ids: list[int] = []
         labels: list[int] = []
         last_image_end = -1

@@ -12,7 +12,8 @@ import shutil
 from pathlib import Path
 
 from ..errors import VlmSwapError
-from .models import build_llava, build_llm, build_perceiver, build_vit
+from .models import build_llava, build_llm, build_vit
+from .perceivers import build_perceiver
 from .world import make_scene, write_dataset
 
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"

@@ -1,4 +1,4 @@
-"""Builders of tiny, real checkpoints: llava-hf VLMs, small-VLM perceivers, ViTs and bare LLMs.
+"""Builders of tiny, real checkpoints: llava-hf VLMs, ViTs and bare LLMs (perceivers: ``perceivers.py``).
 
 Each builder makes a model from a real transformers config class (hidden 32-64, 1-2 layers),
 a real tokenizer and processor, seeds torch so the weights are the same on every run, and saves
@@ -122,77 +122,6 @@ def build_llava(out: Path, *, llm: str = "llama2", vision: str = "clip", seed: i
         vision_feature_select_strategy=strategy,
         num_additional_image_tokens=1 if vision == "clip" else 0,
         chat_template=template,
-    )
-    return _save(model, processor, out)
-
-
-def build_perceiver(out: Path, *, family: str = "qwen3_vl", seed: int = 0) -> Path:
-    """A tiny Qwen3-VL or Qwen2.5-VL small VLM with its real processor (the DPA perceiver)."""
-    torch.manual_seed(seed)
-    tok = make_tokenizer("qwen")
-    ids = {
-        "image_token_id": tok.convert_tokens_to_ids("<|image_pad|>"),
-        "video_token_id": tok.convert_tokens_to_ids("<|video_pad|>"),
-        "vision_start_token_id": tok.convert_tokens_to_ids("<|vision_start|>"),
-        "vision_end_token_id": tok.convert_tokens_to_ids("<|vision_end|>"),
-    }
-    text = dict(
-        vocab_size=len(tok),
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]},
-        bos_token_id=None,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    vision = dict(
-        depth=2,
-        hidden_size=32,
-        intermediate_size=64,
-        num_heads=2,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        out_hidden_size=HIDDEN,
-    )
-    if family == "qwen3_vl":
-        text["head_dim"] = 16
-        text["rope_parameters"]["mrope_interleaved"] = True
-        config = tf.Qwen3VLConfig(
-            text_config=text,
-            vision_config=dict(patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0], **vision),
-            tie_word_embeddings=True,
-            **ids,
-        )
-        model = tf.Qwen3VLForConditionalGeneration(config).eval()
-        patch, video_proc = 16, tf.Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2)
-        proc_cls = tf.Qwen3VLProcessor
-    elif family == "qwen2_5_vl":
-        config = tf.Qwen2_5_VLConfig(
-            text_config=text,
-            vision_config=dict(patch_size=14, window_size=56, fullatt_block_indexes=[1], **vision),
-            tie_word_embeddings=True,
-            **ids,
-        )
-        model = tf.Qwen2_5_VLForConditionalGeneration(config).eval()
-        patch, video_proc = 14, tf.Qwen2VLVideoProcessor(patch_size=14, merge_size=2, temporal_patch_size=2)
-        proc_cls = tf.Qwen2_5_VLProcessor
-    else:
-        raise ValueError(f"no tiny perceiver of family {family!r}")
-    factor = patch * 2
-    image_proc = tf.Qwen2VLImageProcessor(
-        patch_size=patch,
-        merge_size=2,
-        temporal_patch_size=2,
-        size={"shortest_edge": factor * factor, "longest_edge": 4 * factor * 4 * factor},
-        image_mean=CLIP_MEAN,
-        image_std=CLIP_STD,
-    )
-    processor = proc_cls(
-        image_processor=image_proc, tokenizer=tok, video_processor=video_proc, chat_template=QWEN_TEMPLATE
     )
     return _save(model, processor, out)
 

@@ -21,7 +21,8 @@ from transformers.trainer_callback import PrinterCallback
 from ..evaluation import qa_accuracy
 from ..train.data import Collator, Encoder, SwapDataset, load_dataset
 from . import PRETRAINED
-from .models import build_llava, build_perceiver
+from .models import build_llava
+from .perceivers import build_perceiver
 from .world import write_dataset
 
 

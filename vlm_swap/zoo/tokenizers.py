@@ -57,6 +57,34 @@ GEMMA_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<start_of_turn>model\n' }}{%- endif %}"
 )
+# SmolVLM / Idefics3: "<|im_start|>User:<image>question<end_of_utterance>\nAssistant:".
+SMOLVLM_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+# LLaVA-OneVision (Qwen2 LM): ChatML with "<image>" placeholders before the text of a turn.
+ONEVISION_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% for item in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for item in message['content'] | selectattr('type', 'equalto', 'text') %}{{ item['text'] }}{% endfor %}"
+    "{{ '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# Gemma 3's multimodal template: the system text opens the first user turn; images as "<start_of_image>".
+GEMMA3_MM_TEMPLATE = (
+    "{{ bos_token }}{%- set first = namespace(v=true, sys='') %}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'system' %}{%- set first.sys = message['content'][0]['text'] + '\n\n' %}"
+    "{%- else %}{%- set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' }}{%- if first.v %}{{ first.sys }}{%- set first.v = false %}{%- endif %}"
+    "{%- for item in message['content'] %}{%- if item['type'] == 'image' %}{{ '<start_of_image>' }}"
+    "{%- elif item['type'] == 'text' %}{{ item['text'] }}{%- endif %}{%- endfor %}"
+    "{{ '<end_of_turn>\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{%- endif %}"
+)
 # LLaVA-1.5's processor template: list content, images first as "<image>\n".
 LLAVA_PROCESSOR_TEMPLATE = (
     "{%- for message in messages %}"
@@ -136,6 +164,23 @@ STYLES = {
         "unk": "<unk>",
         "template": GEMMA_TEMPLATE,
     },
+    "smolvlm": {
+        "specials": [
+            "<|endoftext|>",
+            "<|im_start|>",
+            "<|im_end|>",
+            "<end_of_utterance>",
+            "<fake_token_around_image>",
+            "<image>",
+            "<global-img>",
+            *[f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)],
+        ],
+        "bos": None,
+        "eos": "<end_of_utterance>",
+        "pad": "<|im_end|>",
+        "unk": "<|endoftext|>",
+        "template": SMOLVLM_TEMPLATE,
+    },
     "llama2": {
         "specials": ["<unk>", "<s>", "</s>"],
         "bos": "<s>",
@@ -154,8 +199,14 @@ def _corpus() -> list[str]:
     return lines
 
 
-def make_tokenizer(style: str, vocab_size: int = 400, extra_special: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
-    """A small byte-level BPE tokenizer with the special tokens and chat template of ``style``."""
+def make_tokenizer(
+    style: str, vocab_size: int = 400, extra_special: tuple[str, ...] = (), named: dict[str, str] | None = None
+) -> PreTrainedTokenizerFast:
+    """A small byte-level BPE tokenizer with the special tokens and chat template of ``style``.
+
+    ``named`` gives special tokens of the style a name (``{"boi_token": "<start_of_image>"}`` makes
+    ``tokenizer.boi_token``), as some families' tokenizers do for their processors.
+    """
     spec = STYLES[style]
     specials = list(spec["specials"]) + list(extra_special)
     tok = Tokenizer(models.BPE())
@@ -182,6 +233,7 @@ def make_tokenizer(style: str, vocab_size: int = 400, extra_special: tuple[str, 
         pad_token=spec["pad"],
         unk_token=spec["unk"],
         chat_template=spec["template"],
+        extra_special_tokens=named,
         model_max_length=4096,
         clean_up_tokenization_spaces=False,
     )

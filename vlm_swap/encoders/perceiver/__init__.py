@@ -1,0 +1,179 @@
+"""``perceiver``: a small VLM used as the vision encoder (Deep Pre-Alignment).
+
+The small VLM's base model (no LM head) reads, per image, [prefix, image span]: the prefix is the
+perceiver's own chat template for [system prompt, user turn holding the image] cut right before the
+image span, and the span is the image as the family's processor writes it into a prompt. We keep
+the last-layer hidden states (after the final norm) at the span's positions. Because attention is
+causal and the image comes first, those rows depend only on the image, so the prefix token ids are
+computed once at upgrade time (``prefix_ids``) with the perceiver's own processor. The base
+model's forward gets the image inputs, so the family's own embedding merge runs.
+
+The span of each family (its module docstring has the details):
+
+- Qwen3-VL / Qwen2.5-VL / Qwen2-VL: vision-start, N image tokens, vision-end (N + 2 rows).
+- SmolVLM / Idefics3: first to last ``<fake_token_around_image>`` of the image, markers included.
+- LLaVA-OneVision: the N ``<image>`` positions (no marker tokens: N rows, no boundary rows).
+- Gemma 3: ``<start_of_image>``, N soft tokens, ``<end_of_image>`` (N + 2 rows).
+
+With boundaries, the first and last span rows go to the target's vision-start/end placeholders
+and the inner rows to its image placeholders. Special tokens come from the perceiver's config and
+tokenizer; families are listed in ``PERCEIVER_FAMILIES``, any other model type is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedConfig
+
+from ...errors import VlmSwapError
+from ..base import EncoderBackend, LoadedEncoder
+from ..loading import load_pretrained
+from .family import DEFAULT_MAX_PIXELS, PerceiverFamily
+from .gemma3 import Gemma3
+from .idefics3 import Idefics3
+from .llava_onevision import LlavaOnevision
+from .qwen import Qwen2VL, Qwen3VL, Qwen25VL
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+PERCEIVER_FAMILIES: dict[str, type[PerceiverFamily]] = {
+    t: fam for fam in (Qwen3VL, Qwen25VL, Qwen2VL, Idefics3, LlavaOnevision, Gemma3) for t in fam.model_types
+}
+
+
+def _supported() -> str:
+    names = sorted({f.name for f in PERCEIVER_FAMILIES.values()})
+    return f"supported: {', '.join(sorted(PERCEIVER_FAMILIES))}; that is {', '.join(names)}"
+
+
+def check_family(config: PreTrainedConfig) -> type[PerceiverFamily]:
+    family = PERCEIVER_FAMILIES.get(config.model_type)
+    if family is None:
+        raise VlmSwapError(f"perceiver family {config.model_type!r} is not supported ({_supported()})")
+    return family
+
+
+def load_config(source: str, trust_remote_code: bool) -> PreTrainedConfig:
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise VlmSwapError(
+            f"transformers cannot load the perceiver config of {source} ({_supported()}): {first}"
+        ) from exc
+
+
+def family_of(args: dict[str, Any]) -> type[PerceiverFamily]:
+    # models written before families were recorded are Qwen-style
+    return PERCEIVER_FAMILIES[args.get("model_type", "qwen3_vl")]
+
+
+class PerceiverEncoder(EncoderBackend):
+    kind = "perceiver"
+    help = "a small VLM (Qwen-VL, SmolVLM, LLaVA-OneVision, Gemma 3) whose last-layer image states are the features"
+    input_names = tuple(dict.fromkeys(n for f in PERCEIVER_FAMILIES.values() for n in f.input_names))
+    uses_boundaries = True
+
+    def __init__(self, config: PreTrainedConfig, args: dict[str, Any], model=None):
+        super().__init__(config, args)
+        self.family = check_family(config)
+        self.input_names = self.family.input_names
+        self.uses_boundaries = self.family.boundaries
+        self.model = model if model is not None else AutoModel.from_config(config)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.model.config.get_text_config().hidden_size
+
+    @staticmethod
+    def preprocess(image_processor, images: list, args: dict[str, Any], **kwargs) -> dict[str, torch.Tensor]:
+        return family_of(args).preprocess(image_processor, list(images), args, **kwargs)
+
+    @staticmethod
+    def image_rows(image_inputs: dict[str, Any], index: int, args: dict[str, Any]) -> int:
+        return family_of(args).image_rows(image_inputs, index, args)
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        a, fam = self.args, self.family
+        n = _count_images(inputs, fam)
+        spans = [fam.span_ids(inputs, i, a) for i in range(n)]
+        p = len(a["prefix_ids"])
+        width = p + max(len(s) for s in spans)
+        device = inputs["pixel_values"].device
+        ids = torch.full((n, width), a["pad_id"], dtype=torch.long, device=device)
+        mask = torch.zeros((n, width), dtype=torch.long, device=device)
+        for i, span in enumerate(spans):
+            ids[i, : p + len(span)] = torch.tensor(a["prefix_ids"] + span, device=device)
+            mask[i, : p + len(span)] = 1
+        extra = fam.model_inputs({k: inputs[k] for k in fam.input_names}, a)
+        extra["pixel_values"] = extra["pixel_values"].to(self.model.dtype)
+        if fam.token_types_name:
+            extra[fam.token_types_name] = (ids == a["image_token_id"]).int() * mask
+        out = self.model(input_ids=ids, attention_mask=mask, use_cache=False, **extra)
+        hidden = out.last_hidden_state  # [n, width, D], after the final norm
+        return torch.cat([hidden[i, p : p + len(s)] for i, s in enumerate(spans)])  # [sum(span_i), D]
+
+    @classmethod
+    def load(cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool) -> LoadedEncoder:
+        config = load_config(source, trust_remote_code)
+        family = check_family(config)
+        model = load_pretrained(AutoModel, source, dtype=dtype, trust_remote_code=trust_remote_code)
+        try:
+            processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+        except (ImportError, OSError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise VlmSwapError(f"could not load the {family.name} processor of {source}: {first}") from exc
+        family.cap(model.config, processor.image_processor)
+        args = perceiver_args(model.config, processor)
+        return LoadedEncoder(
+            cls(model.config, args, model=model),
+            model.config,
+            processor.image_processor,
+            {"model_type": config.model_type, "family": family.name, "text_family": family.text_family},
+        )
+
+
+def _count_images(inputs: dict[str, torch.Tensor], family: type[PerceiverFamily]) -> int:
+    # the per-image input of each layout: a grid row, a size row, or one pixel view per image
+    for key in ("image_grid_thw", "tile_grid", "image_sizes"):
+        if key in family.input_names:
+            return int(inputs[key].shape[0])
+    return int(inputs["pixel_values"].shape[0])
+
+
+def perceiver_args(config: PreTrainedConfig, processor, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> dict:
+    """Token ids and sizes the perceiver prompt needs, read from the perceiver's own config, template and processor."""
+    family = check_family(config)
+    tok = processor.tokenizer
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
+        {"role": "user", "content": [{"type": "image"}]},
+    ]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    ids = processor(images=[Image.new("RGB", (64, 64))], text=[text])["input_ids"][0]
+    ids = [int(i) for i in ids]
+    start = family.span_start_id(config, processor)
+    if start not in ids:
+        raise VlmSwapError(f"the {family.name} chat template does not place an image span in the prompt")
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return {
+        "model_type": config.model_type,
+        "prefix_ids": ids[: ids.index(start)],
+        "pad_id": int(pad_id if pad_id is not None else 0),
+        "system_prompt": system_prompt,
+        **family.args(config, processor),
+    }
+
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_SYSTEM_PROMPT",
+    "PERCEIVER_FAMILIES",
+    "PerceiverEncoder",
+    "PerceiverFamily",
+    "check_family",
+    "perceiver_args",
+]
