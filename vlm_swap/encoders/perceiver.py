@@ -22,7 +22,6 @@ from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedConfig
 
 from ..errors import VlmSwapError
 from .base import EncoderBackend, LoadedEncoder
-from .loading import load_pretrained
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 #: DPA trained with at most 262,144 pixels per image; the perceiver's processor is capped to it.
@@ -106,6 +105,8 @@ class PerceiverEncoder(EncoderBackend):
 
     @classmethod
     def load(cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool) -> LoadedEncoder:
+        from .loading import load_pretrained  # upgrade time only: an exported model's code does without it
+
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         family = check_family(config)
         model = load_pretrained(AutoModel, source, dtype=dtype, trust_remote_code=trust_remote_code)
