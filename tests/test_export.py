@@ -175,3 +175,20 @@ def test_export_refusals(tmp_path, llava, perceiver, vit):
         export(llava("llama2", "clip"), "remote-code", tmp_path / "y")
     with pytest.raises(VlmSwapError, match="unknown export format"):
         export(perc, "gguf", tmp_path / "y")
+
+
+def test_llava_export_of_a_text_only_template_renders_prompts_like_the_swap_processor(tmp_path, bare_llm, vit, images):
+    from transformers import LlavaProcessor
+
+    built = vlm_swap.build(str(bare_llm("llama3")), f"hf-vit:{vit('siglip')}", tmp_path / "built")
+    _, swap = vlm_swap.load(built)
+    assert swap.text_only_template
+    native = LlavaProcessor.from_pretrained(export(built, "llava", tmp_path / "llava"))
+    for n in (1, 2):
+        text = ask(swap, n)
+        content = [{"type": "image"}] * n + [{"type": "text", "text": "what color is the shape on the left?"}]
+        messages = [{"role": "user", "content": content}]
+        assert native.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == text
+        a = swap(images=images[:n], text=text, return_tensors="pt")
+        b = native(images=images[:n], text=text, return_tensors="pt")
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["pixel_values"], b["pixel_values"])

@@ -48,7 +48,7 @@ def write_model_card(
 def render(title: str, prov: dict, *, training: dict | None, export: dict | None, evaluation: dict | None) -> str:
     source, encoder = prov.get("source"), prov.get("encoder")
     encoder_source = encoder.partition(":")[2] if encoder else None
-    licences = {"LLM (from the source)": licence_of(source), "encoder": licence_of(encoder_source)}
+    licences = {"LLM (from the source)": licence_of(source), "encoder (from its source)": licence_of(encoder_source)}
     known = {v for v in licences.values() if v != UNKNOWN}
     front = {
         "license": known.pop() if len(known) == 1 and len(set(licences.values())) == 1 else "other",
