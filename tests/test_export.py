@@ -130,13 +130,16 @@ def test_export_llava_and_remote_code_load_without_vlm_swap(tmp_path, llava, vit
             "model.vision_tower." + ("embeddings.patch_embedding.weight"),
         }
 
-    up = vlm_swap.upgrade(str(llava("llama2", "clip")), f"perceiver:{perceiver('qwen3_vl')}", tmp_path / "up-perc")
-    out = export(up, "remote-code", tmp_path / "rc-perc")
-    assert not any("vlm_swap" in line for line in (out / "modeling_swap_vlm.py").read_text().splitlines()[1:])
-    assert not (out / "encoders_hf_vit.py").exists() and (out / "encoders_perceiver.py").is_file()
-    job, ref, ids = make_job(tmp_path, "perc", up, out, True, images[1])
-    jobs.append(job)
-    refs.append((ref, ids, "SwapVLMForConditionalGeneration", "SwapVLMProcessor"))
+    # remote code: a perceiver, and SigLIP2 NaFlex (which --format llava refuses)
+    for name, spec in (("perc", f"perceiver:{perceiver('qwen3_vl')}"), ("siglip2", f"hf-vit:{vit('siglip2')}")):
+        up = vlm_swap.upgrade(str(llava("llama2", "clip")), spec, tmp_path / f"up-{name}")
+        out = export(up, "remote-code", tmp_path / f"rc-{name}")
+        assert not any("vlm_swap" in line for line in (out / "modeling_swap_vlm.py").read_text().splitlines()[1:])
+        backend = "encoders_perceiver.py" if name == "perc" else "encoders_hf_vit.py"
+        assert sorted(p.name for p in out.glob("encoders_*.py")) == sorted(["encoders_base.py", backend])
+        job, ref, ids = make_job(tmp_path, name, up, out, True, images[1])
+        jobs.append(job)
+        refs.append((ref, ids, "SwapVLMForConditionalGeneration", "SwapVLMProcessor"))
 
     reports = run_without_vlm_swap(jobs)
     assert len(reports) == len(jobs)
@@ -146,6 +149,26 @@ def test_export_llava_and_remote_code_load_without_vlm_swap(tmp_path, llava, vit
         assert torch.allclose(result["logits"], ref, atol=1e-4), (result["logits"] - ref).abs().max()
         assert torch.equal(result["input_ids"], ids)  # the exported processor expands the prompt the same way
         assert result["gen"].shape[1] == ids.shape[1] + 3
+
+
+def test_export_command_writes_and_refuses_in_one_line(tmp_path, llava, vit):
+    from typer.testing import CliRunner
+
+    from vlm_swap.cli import app
+
+    up = vlm_swap.upgrade(str(llava("llama2", "clip")), f"hf-vit:{vit('clip')}", tmp_path / "up")
+    runner = CliRunner()
+    ok = runner.invoke(app, ["export", str(up), "--format", "llava", "--out", str(tmp_path / "hf")])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == [
+        "LlavaForConditionalGeneration"
+    ]
+    again = runner.invoke(app, ["export", str(up), "--format", "llava", "--out", str(tmp_path / "hf")])
+    assert again.exit_code == 2 and "not empty" in again.output and "Traceback" not in again.output
+    forced = runner.invoke(
+        app, ["export", str(up), "--format", "remote-code", "--out", str(tmp_path / "hf"), "--force"]
+    )
+    assert forced.exit_code == 0 and (tmp_path / "hf" / "modeling_swap_vlm.py").is_file()
 
 
 def test_export_refusals(tmp_path, llava, perceiver, vit):
