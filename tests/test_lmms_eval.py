@@ -89,8 +89,40 @@ def test_plugin_layout_is_what_lmms_eval_loads():
     assert table == {"vlm_swap": "VlmSwap"}
     assert importlib.util.find_spec(f"{PLUGIN}.models.vlm_swap") is not None
     assert importlib.util.find_spec(f"{PLUGIN}.tasks").submodule_search_locations
-    if importlib.util.find_spec("lmms_eval") is not None:
-        from lmms_eval.api.model import lmms
+    from vlm_swap.integrations.lmms_eval import CLASS_PATH
 
-        cls = importlib.import_module(f"{PLUGIN}.models.vlm_swap").VlmSwap
-        assert issubclass(cls, lmms)
+    assert CLASS_PATH == f"{PLUGIN}.models.vlm_swap.VlmSwap"
+
+
+def test_lmms_eval_class_answers_real_instances(runner, images):
+    """Only where lmms_eval is importable: its own Instance objects through the plug-in class."""
+    pytest.importorskip("lmms_eval")
+    from lmms_eval.api.instance import Instance
+    from lmms_eval.api.model import lmms
+
+    from vlm_swap.integrations.lmms_eval import manifest
+    from vlm_swap.integrations.lmms_eval.models.vlm_swap import VlmSwap
+
+    assert manifest().simple_class_path.endswith("VlmSwap") and issubclass(VlmSwap, lmms)
+    model = VlmSwap.create_from_arg_string(f"pretrained={runner.model.config._name_or_path}", {"batch_size": 2})
+    model.task_dict = {"shapes": {"test": [{"image": images[0]}, {"image": images[1]}]}}
+    visual = lambda doc: [doc["image"]]  # noqa: E731
+
+    def meta(i):
+        return {"task": "shapes", "doc_id": i, "repeats": 1}
+
+    gen = [
+        Instance(
+            "generate_until",
+            ("what color?", {"max_new_tokens": 4, "until": []}, visual, i, "shapes", "test"),
+            i,
+            meta(i),
+        )
+        for i in range(2)
+    ]
+    assert model.generate_until(gen) == runner.generate_until(
+        ["what color?"] * 2, [images[:1], images[1:2]], [{"max_new_tokens": 4, "until": []}] * 2
+    )
+    target = lambda doc: " red"  # noqa: E731
+    ll = [Instance("loglikelihood", ("what color?", target, visual, i, "shapes", "test"), i, meta(i)) for i in range(2)]
+    assert model.loglikelihood(ll) == runner.loglikelihood(["what color?"] * 2, [" red"] * 2, [images[:1], images[1:2]])
