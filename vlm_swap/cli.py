@@ -328,6 +328,26 @@ def merge(
     out.print(f"merged model written to [bold]{path}[/]")
 
 
+class ExportFormat(str, Enum):
+    llava = "llava"
+    remote_code = "remote-code"
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="An upgraded model directory (merge a LoRA run first)."),
+    fmt: ExportFormat = typer.Option(..., "--format", help="llava: native llava-hf; remote-code: any encoder."),
+    out_dir: OutOpt = ...,
+    force: ForceOpt = False,
+) -> None:
+    """Write MODEL as a checkpoint that loads without vlm-swap (native llava-hf or remote code)."""
+    from .export import export as run_export
+
+    with user_errors():
+        path = run_export(model, fmt.value, out_dir, force=force)
+    out.print(f"{fmt.value} export written to [bold]{path}[/]")
+
+
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("vlm-swap-demo"), "--out", "-o", help="Where the demo writes its models."),

@@ -130,6 +130,14 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def write_text(path: Path, text: str) -> None:
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    shutil.copyfile(src, dst)
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())

@@ -21,6 +21,7 @@ from rich.progress import Progress
 from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer, GenerationConfig, PreTrainedConfig
 
 from . import __version__
+from .card import write_model_card
 from .compat import Check, EncoderFacts, LLMFacts, check_pair, require_compatible
 from .connectors import CONNECTORS
 from .encoders import ENCODERS, EncoderSpec, LoadedEncoder
@@ -224,6 +225,7 @@ def _assemble(
                 "versions": _versions(),
             },
         )
+        write_model_card(tmp)
     return out
 
 

@@ -16,7 +16,6 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, PreTrainedCo
 
 from ..errors import VlmSwapError
 from .base import EncoderBackend, LoadedEncoder
-from .loading import load_pretrained
 
 # model_type of the checkpoint -> (transformers vision-tower class, has CLS, default feature layer)
 VISION_TOWERS: dict[str, tuple[str, bool, int]] = {
@@ -75,6 +74,8 @@ class HFViTEncoder(EncoderBackend):
 
     @classmethod
     def load(cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool) -> LoadedEncoder:
+        from .loading import load_pretrained  # upgrade time only: an exported model's code does without it
+
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         vcfg = vision_tower_config(config)
         class_name, has_cls, layer = VISION_TOWERS[config.model_type]

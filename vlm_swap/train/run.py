@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load_file
 from transformers.trainer_callback import PrinterCallback
 
+from ..card import write_model_card
 from ..errors import VlmSwapError
 from ..io import PROVENANCE_NAME, atomic_dir, read_json, write_json
 from ..llms import LLMS
@@ -152,6 +153,7 @@ def train(
         _publish(run, _stage_dir(run, len(spec.stages) - 1, spec) / "final")
         summary["final_loss"] = _last_loss(run, spec)
         write_json(run / RUN_NAME, summary)
+        write_model_card(run, run=run)
         plot_losses(run, spec)
     return run
 
@@ -251,4 +253,5 @@ def merge(run: str | Path, out: str | Path, *, force: bool = False) -> Path:
     with atomic_dir(out, force=force) as tmp:
         merged.save_pretrained(tmp)
         _write_model_extras(tmp, processor, Path(base), merged_from=str(run.absolute()))
+        write_model_card(tmp, run=run)
     return Path(out)

@@ -30,7 +30,6 @@ from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedConfig
 
 from ...errors import VlmSwapError
 from ..base import EncoderBackend, LoadedEncoder
-from ..loading import load_pretrained
 from .family import DEFAULT_MAX_PIXELS, PerceiverFamily
 from .gemma3 import Gemma3
 from .idefics3 import Idefics3
@@ -118,6 +117,8 @@ class PerceiverEncoder(EncoderBackend):
 
     @classmethod
     def load(cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool) -> LoadedEncoder:
+        from ..loading import load_pretrained  # upgrade time only: an exported model's code does without it
+
         config = load_config(source, trust_remote_code)
         family = check_family(config)
         model = load_pretrained(AutoModel, source, dtype=dtype, trust_remote_code=trust_remote_code)
