@@ -3,21 +3,25 @@
 An adapter spec says, for one family of existing VLMs, which config keys hold the LLM config,
 the vision config and the image token, and which weight-key prefixes belong to the LLM (with
 their renaming into a plain causal LM), the encoder and the connector. Reading a source never
-loads weights: it opens the safetensors shards lazily so the LLM can be streamed to the output.
+loads weights: it opens the weight shards lazily (``Source.open`` / ``Source.iter_tensors``: a reader
+per file, safetensors or, with ``allow_pickle``, pickle read ``weights_only``) so the LLM can be
+streamed to the output.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
-from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, PreTrainedConfig
 
-from .encoders.loading import resolve_source, weight_files
+from .encoders.loading import open_safetensors, open_weights, resolve_source, weight_files
 from .errors import VlmSwapError
+from .io import read_json
 from .registry import Registry
 
 
@@ -106,6 +110,7 @@ class Source:
     adapter: AdapterSpec
     config: PreTrainedConfig
     weight_files: list[Path] = field(default_factory=list)
+    allow_pickle: bool = False
 
     @property
     def text_config(self) -> PreTrainedConfig:
@@ -123,24 +128,30 @@ class Source:
         key = self.adapter.config.get("image_token_id")
         return getattr(self.config, key, None) if key else None
 
+    def open(self, path: Path):
+        """A reader (``keys()`` / ``get_tensor(key)``, a context manager) for one of ``weight_files``."""
+        return open_weights(path, allow_pickle=self.allow_pickle)
+
     def tensors(self) -> dict[str, Path]:
         """Every weight key of the source and the shard that holds it."""
         out: dict[str, Path] = {}
         for f in self.weight_files:
-            with open_safetensors(f) as st:
+            with self.open(f) as st:
                 out.update(dict.fromkeys(st.keys(), f))
         return out
 
-
-def open_safetensors(path: Path):
-    """``safe_open`` with a one-line error for truncated or corrupted files."""
-    try:
-        return safe_open(str(path), framework="pt")
-    except (SafetensorError, OSError) as exc:
-        raise VlmSwapError(f"corrupted or truncated safetensors file {path}: {exc}") from exc
+    def iter_tensors(self) -> Iterator[tuple[Path, str, torch.Tensor]]:
+        """(shard, key, tensor) for every weight of the source, one shard open at a time."""
+        for f in self.weight_files:
+            with self.open(f) as st:
+                for key in st.keys():
+                    yield f, key, st.get_tensor(key)
 
 
 def load_config(path: str | Path, trust_remote_code: bool = False) -> PreTrainedConfig:
+    raw = Path(path) / "config.json"
+    if not trust_remote_code and raw.is_file() and "auto_map" in read_json(raw):
+        raise VlmSwapError(f"{path} ships its own model code (auto_map); pass --trust-remote-code to run it")
     try:
         return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except VlmSwapError:
@@ -161,10 +172,16 @@ def detect_adapter(config: PreTrainedConfig) -> AdapterSpec:
 
 
 def open_source(
-    source: str, *, weights: bool = True, bare_llm: bool = False, trust_remote_code: bool = False
+    source: str,
+    *,
+    weights: bool = True,
+    bare_llm: bool = False,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    revision: str | None = None,
 ) -> Source:
     """Resolve and open a source: a VLM (default) or a bare causal LM (``bare_llm``)."""
-    path = Path(resolve_source(source, config_only=not weights))
+    path = Path(resolve_source(source, config_only=not weights, revision=revision, allow_pickle=allow_pickle))
     config = load_config(path, trust_remote_code)
     if bare_llm:
         if getattr(config, "text_config", None) is not None or getattr(config, "vision_config", None) is not None:
@@ -172,10 +189,13 @@ def open_source(
         adapter = CAUSAL_LM
     else:
         adapter = detect_adapter(config)
-    files = weight_files(path, required=weights) if weights else []
-    return Source(path, adapter, config, files)
+    files = weight_files(path, required=weights, allow_pickle=allow_pickle) if weights else []
+    return Source(path, adapter, config, files, allow_pickle)
 
 
 def describe(config: Any) -> str:
     archs = getattr(config, "architectures", None) or [config.model_type]
     return archs[0]
+
+
+__all__ = ["AdapterSpec", "SOURCES", "Source", "open_safetensors", "open_source"]

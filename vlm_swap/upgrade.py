@@ -29,7 +29,7 @@ from .errors import VlmSwapError
 from .io import DEFAULT_SHARD_BYTES, PROVENANCE_NAME, ShardWriter, atomic_dir, check_output_dir, write_json
 from .llms import LLMFamily, detect_family
 from .modeling import SwapVLMConfig, SwapVLMProcessor
-from .sources import Source, open_safetensors, open_source
+from .sources import Source, open_source
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -106,17 +106,28 @@ class Prepared:
 
 
 def prepare(
-    source: str, encoder: str, *, bare_llm: bool = False, connector: str | None = None, trust_remote_code: bool = False
+    source: str,
+    encoder: str,
+    *,
+    bare_llm: bool = False,
+    connector: str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    revision: str | None = None,
+    encoder_revision: str | None = None,
 ) -> Prepared:
     """Open the source, load the encoder, plan the tokens and run the pair checks (no writes)."""
     spec = EncoderSpec.parse(encoder)
     connector = connector or ("mlp2x-relu" if spec.kind == "perceiver" else "mlp2x-gelu")
     CONNECTORS.get(connector)
-    src = open_source(source, bare_llm=bare_llm, trust_remote_code=trust_remote_code)
-    backend = ENCODERS.get(spec.kind)
-    loaded = backend.load(
-        resolve_source(spec.source, marker=backend.marker_file), dtype=None, trust_remote_code=trust_remote_code
+    src = open_source(
+        source, bare_llm=bare_llm, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, revision=revision
     )
+    backend = ENCODERS.get(spec.kind)
+    enc_path = resolve_source(
+        spec.source, marker=backend.marker_file, revision=encoder_revision, allow_pickle=allow_pickle
+    )
+    loaded = backend.load(enc_path, dtype=None, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     tokenizer = AutoTokenizer.from_pretrained(str(src.path), trust_remote_code=trust_remote_code)
     chat_template = _chat_template(src, tokenizer, trust_remote_code)
     text_cfg = copy.deepcopy(src.text_config)
@@ -147,6 +158,9 @@ def _assemble(
     dtype: str = "auto",
     force: bool = False,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    revision: str | None = None,
+    encoder_revision: str | None = None,
     seed: int = 0,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: bool = False,
@@ -155,7 +169,16 @@ def _assemble(
     if dtype not in DTYPES:
         raise VlmSwapError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
     check_output_dir(out, force)
-    p = prepare(source, encoder, bare_llm=bare_llm, connector=connector, trust_remote_code=trust_remote_code)
+    p = prepare(
+        source,
+        encoder,
+        bare_llm=bare_llm,
+        connector=connector,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+        revision=revision,
+        encoder_revision=encoder_revision,
+    )
     require_compatible(p.checks)
     src, spec, loaded, tokenizer, plan, text_cfg = p.src, p.spec, p.loaded, p.tokenizer, p.plan, p.text_cfg
 
@@ -248,7 +271,7 @@ def _stream_llm(
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("copying LLM tensors", total=len(tensors))
         for path in src.weight_files:
-            with open_safetensors(path) as st:
+            with src.open(path) as st:  # safetensors, or pickle read weights_only with allow_pickle
                 for key in st.keys():
                     bar.advance(task)
                     part = src.adapter.part_of(key)

@@ -74,12 +74,16 @@ class HFViTEncoder(EncoderBackend):
         return (h // patch) * (w // patch) + (1 if args["has_cls"] and not args["drop_cls"] else 0)
 
     @classmethod
-    def load(cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool) -> LoadedEncoder:
+    def load(
+        cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool, allow_pickle: bool = False
+    ) -> LoadedEncoder:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         vcfg = vision_tower_config(config)
         class_name, has_cls, layer = VISION_TOWERS[config.model_type]
         tower_cls = getattr(transformers, class_name)
-        vision_model = load_pretrained(tower_cls, source, dtype=dtype, trust_remote_code=trust_remote_code)
+        vision_model = load_pretrained(
+            tower_cls, source, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+        )
         args = {"feature_layer": layer, "has_cls": has_cls, "drop_cls": has_cls, "patch_size": vcfg.patch_size}
         module = cls(vision_model.config, args, model=vision_model)
         processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)

@@ -105,10 +105,14 @@ class PerceiverEncoder(EncoderBackend):
         return torch.cat([hidden[i, p : p + r + 2] for i, r in enumerate(rows.tolist())])  # [sum(N_i + 2), D]
 
     @classmethod
-    def load(cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool) -> LoadedEncoder:
+    def load(
+        cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool, allow_pickle: bool = False
+    ) -> LoadedEncoder:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         family = check_family(config)
-        model = load_pretrained(AutoModel, source, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = load_pretrained(
+            AutoModel, source, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+        )
         processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
         args = perceiver_args(config, processor)
         image_processor = processor.image_processor

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load_file
 from transformers.trainer_callback import PrinterCallback
 
+from ..encoders.loading import weight_files
 from ..errors import VlmSwapError
 from ..io import PROVENANCE_NAME, atomic_dir, read_json, write_json
 from ..llms import LLMS
@@ -73,15 +75,20 @@ def train(
     report_to: str = "none",
     progress: bool = True,
     console=None,
+    allow_pickle: bool = False,
 ) -> Path:
-    """Run ``recipe`` on the upgraded model in ``model_dir``; return the run directory."""
+    """Run ``recipe`` on the upgraded model in ``model_dir``; return the run directory.
+
+    ``allow_pickle`` lets the model be read from pickle weights (``weights_only``); optimizer, scheduler
+    and RNG states of a resumed checkpoint are always read ``weights_only`` by the Trainer.
+    """
     from ..api import load
 
     spec = load_recipe(recipe, overrides)  # validated before any model is loaded
     run = Path(out).expanduser().absolute()
     if _rank() == 0:
         _check_run_dir(run, spec, resume)
-    model, processor = load(model_dir)
+    model, processor = load(model_dir, allow_pickle=allow_pickle)
     model_path = Path(model.config._name_or_path)
     # validated at the shortest stage length, so every kept sample fits every stage (each stage then
     # truncates text, never image tokens, at its own max_length)
@@ -127,7 +134,14 @@ def train(
             )
             trainer.remove_callback(PrinterCallback)
             checkpoint = newest_checkpoint(stage_dir) if resume else None
-            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            try:
+                result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            except pickle.UnpicklingError as exc:  # the Trainer reads checkpoint states with weights_only=True
+                if checkpoint is None:
+                    raise
+                raise VlmSwapError(
+                    f"refused to resume from {checkpoint}: a state file holds more than tensors (read weights_only)"
+                ) from exc
             if not trainable_finite(model):
                 raise NonFiniteError(
                     f"stage {stage.name!r} ended in a non-finite state; its final weights are not saved"
@@ -231,7 +245,7 @@ def plot_losses(run: Path, recipe: Recipe) -> Path:
     return path
 
 
-def merge(run: str | Path, out: str | Path, *, force: bool = False) -> Path:
+def merge(run: str | Path, out: str | Path, *, force: bool = False, allow_pickle: bool = False) -> Path:
     """Fold the run's LoRA adapter into its base model; write a full upgraded model to ``out``."""
     from peft import PeftModel
 
@@ -246,7 +260,8 @@ def merge(run: str | Path, out: str | Path, *, force: bool = False) -> Path:
     base = read_json(cfg).get("base_model_name_or_path")
     if not base:
         raise VlmSwapError(f"{cfg} does not name its base model")
-    model, processor = load(base)
+    weight_files(run, allow_pickle=allow_pickle)  # a pickle-only adapter: refused naming --allow-pickle
+    model, processor = load(base, allow_pickle=allow_pickle)
     merged = PeftModel.from_pretrained(model, str(run)).merge_and_unload()
     with atomic_dir(out, force=force) as tmp:
         merged.save_pretrained(tmp)
