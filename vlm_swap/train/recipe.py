@@ -179,7 +179,7 @@ def from_dict(cls, data: Any, path: str = "recipe"):
         raise RecipeError(f"{path}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(map(str, set(data) - names))
     if unknown:
         raise RecipeError(f"{path}.{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
     kwargs = {k: _convert(hints[k], v, f"{path}.{k}") for k, v in data.items()}
@@ -193,7 +193,10 @@ def _apply_override(data: dict, override: str) -> None:
     key, sep, raw = override.partition("=")
     if not sep or not key:
         raise RecipeError(f"--set {override!r}: expected key.path=value")
-    value = yaml.safe_load(raw) if raw else ""
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"--set {key}: the value is not valid YAML: {str(exc).splitlines()[0]}") from exc
     parts = key.split(".")
     node: Any = data
     for i, part in enumerate(parts):
