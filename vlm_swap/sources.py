@@ -140,6 +140,16 @@ class Source:
                 out.update(dict.fromkeys(st.keys(), f))
         return out
 
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every weight key of the source and its shape, from the file headers (no tensor data read)."""
+        out: dict[str, tuple[int, ...]] = {}
+        for f in self.weight_files:
+            with self.open(f) as st:
+                for key in st.keys():
+                    part = st.get_slice(key)  # a safetensors slice, or the tensor itself for pickle files
+                    out[key] = tuple(part.get_shape() if hasattr(part, "get_shape") else part.shape)
+        return out
+
     def iter_tensors(self) -> Iterator[tuple[Path, str, torch.Tensor]]:
         """(shard, key, tensor) for every weight of the source, one shard open at a time."""
         for f in self.weight_files:

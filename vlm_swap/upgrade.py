@@ -188,6 +188,7 @@ def _assemble(
     text_cfg.pad_token_id = tokenizer.pad_token_id
     target_dtype = DTYPES[dtype]
 
+    check_llm_shapes(src, text_cfg)  # before anything is written
     with atomic_dir(out, force=force) as tmp:
         writer = ShardWriter(tmp, max_shard_bytes)
         out_dtype = _stream_llm(src, text_cfg, writer, new_vocab, new_ids, target_dtype, progress)
@@ -300,6 +301,23 @@ def _stream_llm(
             f"the source lacks {len(missing)} LLM weights (first: {missing[0]}): config/weights mismatch"
         )
     return out_dtype or torch.float32
+
+
+def check_llm_shapes(src: Source, text_cfg: PreTrainedConfig) -> None:
+    """Every LLM weight of the source has the shape its config implies (embedding rows may differ: resized)."""
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(text_cfg)
+    expected = {n: tuple(t.shape) for n, t in skeleton.state_dict().items()}
+    embeddings = (skeleton.get_input_embeddings(), skeleton.get_output_embeddings())
+    resized = {_param_name(skeleton, m) for m in embeddings if m is not None}
+    for key, shape in src.shapes().items():
+        llm_key = None if src.adapter.part_of(key) in ("encoder", "connector") else src.adapter.llm_key(key)
+        want = expected.get(llm_key)
+        if want is not None and (shape[1:] != want[1:] if llm_key in resized else shape != want):
+            raise VlmSwapError(
+                f"weight {key!r} of {src.path} has shape {list(shape)} where its config implies {list(want)} "
+                "(config/weights mismatch)"
+            )
 
 
 def _param_name(model: torch.nn.Module, module: torch.nn.Module) -> str:

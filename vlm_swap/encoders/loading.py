@@ -182,6 +182,8 @@ class PickleWeights:
     def get_tensor(self, key: str) -> torch.Tensor:
         return self._tensors[key]
 
+    get_slice = get_tensor  # memory-mapped already: a "slice" is the tensor (``.shape`` without reading data)
+
 
 def open_weights(path: Path, *, allow_pickle: bool = False):
     """A reader for one weight file: safetensors always, pickle files only with ``allow_pickle``."""
