@@ -153,6 +153,7 @@ def test_remote_code_runs_only_with_the_flag_and_warns(tmp_path, vit):
     (src / "config.json").write_text(json.dumps(config))
     args = ["upgrade", str(src), "-e", f"hf-vit:{vit()}", "-o", str(tmp_path / "o")]
     clean_failure(runner.invoke(app, args), "ships its own model code", "--trust-remote-code")
+    clean_failure(runner.invoke(app, ["inspect", str(src)]), "ships its own model code")
     assert not marker.exists()
 
     result = runner.invoke(app, [*args, "--trust-remote-code"])

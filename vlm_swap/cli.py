@@ -82,12 +82,16 @@ class DType(str, Enum):
 def inspect_cmd(
     source: str = typer.Argument(..., help="A VLM: local dir (a config.json alone is enough), hub id or catalog id."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print JSON for scripts."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code/--no-trust-remote-code", help="Allow model code from the checkpoint."
+    ),
 ) -> None:
     """Report a checkpoint's architecture, parts, image token, tokens per image and parameter counts."""
     from .inspection import inspect_source
 
+    _warn_remote_code(trust_remote_code)
     with user_errors():
-        report = inspect_source(source)
+        report = inspect_source(source, trust_remote_code=trust_remote_code)
     if as_json:
         _print_json(report)
         return
