@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 import vlm_swap
 from vlm_swap.cli import app
 from vlm_swap.errors import VlmSwapError
+from vlm_swap.sources import open_source
 from vlm_swap.train.run import train
 from vlm_swap.zoo.world import write_dataset
 
@@ -79,6 +80,10 @@ def test_pickle_source_is_refused_naming_the_flag_then_loads_bit_identical_with_
     args = ["upgrade", str(src), "-e", f"hf-vit:{vit()}", "-o", str(out)]
     clean_failure(runner.invoke(app, args), "--allow-pickle", "pytorch_model-00001-of-00002.bin")
     assert not out.exists()
+
+    streamed = {key: t for _, key, t in open_source(str(src), allow_pickle=True).iter_tensors()}
+    original = load_file(str(llava() / "model.safetensors"))
+    assert streamed.keys() == original.keys() and all(torch.equal(streamed[k], original[k]) for k in original)
 
     result = runner.invoke(app, [*args, "--allow-pickle"])
     assert result.exit_code == 0, result.output
