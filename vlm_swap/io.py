@@ -178,11 +178,15 @@ class ShardWriter:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a temporary sibling renamed over ``path`` (a reader never sees half a file)."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a file atomically: a temporary sibling renamed over ``path`` (a reader never sees half a file)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)

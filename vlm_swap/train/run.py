@@ -24,7 +24,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from ..encoders.loading import weight_files
 from ..errors import VlmSwapError
-from ..io import PROVENANCE_NAME, atomic_dir, read_json, write_json
+from ..io import PROVENANCE_NAME, atomic_dir, read_json, write_json, write_text
 from ..llms import LLMS
 from .data import Collator, Encoder, SwapDataset, load_dataset
 from .engine import NonFiniteError, RichProgress, SwapTrainer, newest_checkpoint, trainable_finite, training_arguments
@@ -49,7 +49,11 @@ def _check_run_dir(run: Path, recipe: Recipe, resume: bool) -> None:
     if resume:
         if not stored.is_file():
             raise VlmSwapError(f"nothing to resume in {run}: no {RECIPE_NAME}")
-        if yaml.safe_load(stored.read_text()) != recipe_to_dict(recipe):
+        try:
+            started = yaml.safe_load(stored.read_text())
+        except yaml.YAMLError as exc:
+            raise VlmSwapError(f"{stored} is not valid YAML; the run in {run} cannot be resumed") from exc
+        if started != recipe_to_dict(recipe):
             raise VlmSwapError(f"the recipe differs from the one the run in {run} started with ({stored})")
     elif run.exists() and any(run.iterdir()):
         raise VlmSwapError(f"run directory {run} is not empty; pass --resume to continue it or choose another --out")
@@ -100,7 +104,7 @@ def train(
     model = wrap(model, plan, seed=spec.stages[0].seed)
     if _rank() == 0:
         run.mkdir(parents=True, exist_ok=True)
-        (run / RECIPE_NAME).write_text(yaml.safe_dump(recipe_to_dict(spec), sort_keys=False))
+        write_text(run / RECIPE_NAME, yaml.safe_dump(recipe_to_dict(spec), sort_keys=False))
     dataset = SwapDataset(samples, encoder)
     collator = Collator(processor.tokenizer.pad_token_id)
     summary = {"model": str(model_path), "data": str(data), "data_report": report.__dict__, "stages": []}
@@ -240,8 +244,10 @@ def plot_losses(run: Path, recipe: Recipe) -> Path:
     ax.legend()
     fig.tight_layout()
     path = run / "loss.png"
-    fig.savefig(path)
+    tmp = run / f".loss.png.tmp-{os.getpid()}"
+    fig.savefig(tmp, format="png")
     plt.close(fig)
+    os.replace(tmp, path)  # atomic, like every other output
     return path
 
 
