@@ -66,11 +66,17 @@ def clean_stale_temporaries(out: Path) -> None:
 
 
 def check_output_dir(out: Path, force: bool) -> None:
-    """Refuse a non-empty output directory unless ``force``; refuse a file in its place.
+    """Refuse a non-empty output directory unless ``force``; refuse a file in its place or a parent
+    that cannot be written (before any work is done).
 
     Leftovers of killed runs are dealt with first (``clean_stale_temporaries``), so the check sees
     the previous output even when a kill interrupted its replacement."""
     out = Path(out).expanduser().absolute()
+    ancestor = next(p for p in (out.parent, *out.parent.parents) if os.path.lexists(p))
+    if not ancestor.is_dir():
+        raise VlmSwapError(f"cannot write to {out.parent}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise VlmSwapError(f"cannot write to {out.parent}: permission denied on {ancestor}")
     clean_stale_temporaries(out)
     if out.exists() and not out.is_dir():
         raise VlmSwapError(f"output {out} exists and is not a directory")
