@@ -2,7 +2,8 @@
 
 Faults injected: configs that disagree with their weights (layer count, widths), a context too short
 for the image tokens, images with zero or too many pixels, an image path that is a folder, an
-unreadable file, and a --set value that is not YAML.
+unreadable file, a --set value that is not YAML, encoder checkpoints with an unknown type, code
+they ship or no image processor, and a source without tokenizer files.
 """
 
 from __future__ import annotations
@@ -110,3 +111,43 @@ def test_override_value_that_is_not_yaml(tmp_path, upgraded):
     result = run("train", "tiny-cpu", "--model", upgraded, "--data", data, "--out", tmp_path / "run", "--set", "a=[")
     assert_clean_failure(result, "--set a", "not valid YAML")
     assert not (tmp_path / "run").exists()
+
+
+def _unknown_model_type(d):
+    (d / "config.json").write_text(json.dumps({"model_type": "no-such-model"}))
+
+
+def _ships_code(d):
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "auto_map": {"AutoConfig": "configuration_x.XConfig"}}))
+
+
+def _no_preprocessor(d):
+    (d / "preprocessor_config.json").unlink()
+
+
+@pytest.mark.parametrize(
+    "kind,fault,fragment",
+    [
+        ("hf-vit", _unknown_model_type, "cannot read the config"),
+        ("perceiver", _unknown_model_type, "cannot read the config"),
+        ("hf-vit", _ships_code, "--trust-remote-code"),
+        ("hf-vit", _no_preprocessor, "cannot load the image processor"),
+    ],
+    ids=["hf-vit-unknown-type", "perceiver-unknown-type", "hf-vit-remote-code", "hf-vit-no-preprocessor"],
+)
+def test_broken_encoder_checkpoints(tmp_path, llava, vit, kind, fault, fragment):
+    enc = tmp_path / "enc"
+    shutil.copytree(vit(), enc)
+    fault(enc)
+    out = tmp_path / "o"
+    assert_clean_failure(run("upgrade", llava(), "-e", f"{kind}:{enc}", "-o", out), fragment, out=out)
+
+
+def test_source_without_tokenizer(tmp_path, llava, vit):
+    src = tmp_path / "src"
+    shutil.copytree(llava(), src)
+    for f in src.glob("tokenizer*"):
+        f.unlink()
+    out = tmp_path / "o"
+    assert_clean_failure(run("upgrade", src, "-e", f"hf-vit:{vit()}", "-o", out), "cannot load the tokenizer", out=out)

@@ -17,11 +17,10 @@ from typing import Any
 
 import torch
 import yaml
-from transformers import AutoConfig, PreTrainedConfig
+from transformers import PreTrainedConfig
 
-from .encoders.loading import open_safetensors, open_weights, resolve_source, weight_files
+from .encoders.loading import load_config, open_safetensors, open_weights, resolve_source, weight_files
 from .errors import VlmSwapError
-from .io import read_json
 from .registry import Registry
 
 
@@ -158,19 +157,6 @@ class Source:
                     yield f, key, st.get_tensor(key)
 
 
-def load_config(path: str | Path, trust_remote_code: bool = False) -> PreTrainedConfig:
-    raw = Path(path) / "config.json"
-    if not trust_remote_code and raw.is_file() and "auto_map" in read_json(raw):
-        raise VlmSwapError(f"{path} ships its own model code (auto_map); pass --trust-remote-code to run it")
-    try:
-        return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except VlmSwapError:
-        raise
-    except (OSError, ValueError, KeyError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise VlmSwapError(f"cannot read the config of {path}: {first}") from exc
-
-
 def detect_adapter(config: PreTrainedConfig) -> AdapterSpec:
     for _, spec in SOURCES.items():
         if spec.matches(config):
@@ -208,4 +194,4 @@ def describe(config: Any) -> str:
     return archs[0]
 
 
-__all__ = ["AdapterSpec", "SOURCES", "Source", "open_safetensors", "open_source"]
+__all__ = ["AdapterSpec", "SOURCES", "Source", "load_config", "open_safetensors", "open_source"]

@@ -24,7 +24,7 @@ from . import __version__
 from .compat import Check, EncoderFacts, LLMFacts, check_pair, require_compatible
 from .connectors import CONNECTORS
 from .encoders import ENCODERS, EncoderSpec, LoadedEncoder
-from .encoders.loading import resolve_source
+from .encoders.loading import load_auto, resolve_source
 from .errors import VlmSwapError
 from .io import DEFAULT_SHARD_BYTES, PROVENANCE_NAME, ShardWriter, atomic_dir, check_output_dir, write_json
 from .llms import LLMFamily, detect_family
@@ -128,7 +128,7 @@ def prepare(
         spec.source, marker=backend.marker_file, revision=encoder_revision, allow_pickle=allow_pickle
     )
     loaded = backend.load(enc_path, dtype=None, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    tokenizer = AutoTokenizer.from_pretrained(str(src.path), trust_remote_code=trust_remote_code)
+    tokenizer = load_auto(AutoTokenizer, src.path, "tokenizer", trust_remote_code=trust_remote_code)
     chat_template = _chat_template(src, tokenizer, trust_remote_code)
     text_cfg = copy.deepcopy(src.text_config)
     family = detect_family(text_cfg.model_type, tokenizer.get_vocab())

@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, PreTrainedConfig
+from transformers import AutoImageProcessor, AutoModel, PreTrainedConfig
 
 from ..errors import VlmSwapError
 from .base import EncoderBackend, LoadedEncoder
-from .loading import load_pretrained
+from .loading import load_auto, load_config, load_pretrained
 
 # model_type of the checkpoint -> (transformers vision-tower class, has CLS, default feature layer)
 VISION_TOWERS: dict[str, tuple[str, bool, int]] = {
@@ -77,7 +77,7 @@ class HFViTEncoder(EncoderBackend):
     def load(
         cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool, allow_pickle: bool = False
     ) -> LoadedEncoder:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        config = load_config(source, trust_remote_code)
         vcfg = vision_tower_config(config)
         class_name, has_cls, layer = VISION_TOWERS[config.model_type]
         tower_cls = getattr(transformers, class_name)
@@ -86,5 +86,5 @@ class HFViTEncoder(EncoderBackend):
         )
         args = {"feature_layer": layer, "has_cls": has_cls, "drop_cls": has_cls, "patch_size": vcfg.patch_size}
         module = cls(vision_model.config, args, model=vision_model)
-        processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+        processor = load_auto(AutoImageProcessor, source, "image processor", trust_remote_code=trust_remote_code)
         return LoadedEncoder(module, vision_model.config, processor, {"model_type": config.model_type})

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
+from transformers import AutoConfig, PreTrainedConfig
 
 from ..errors import VlmSwapError
 from ..io import INDEX_NAME, read_json
@@ -69,6 +70,27 @@ def resolve_source(
     except Exception as exc:  # offline, gated, unknown repo: say which and why, in one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise VlmSwapError(f"cannot fetch {source!r} from the hub (not a local path either): {first}") from exc
+
+
+def load_config(path: str | Path, trust_remote_code: bool = False) -> PreTrainedConfig:
+    """``AutoConfig.from_pretrained`` with one-line errors; a config that ships code needs ``trust_remote_code``."""
+    raw = Path(path) / "config.json"
+    if not trust_remote_code and raw.is_file() and "auto_map" in read_json(raw):
+        raise VlmSwapError(f"{path} ships its own model code (auto_map); pass --trust-remote-code to run it")
+    try:
+        return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise VlmSwapError(f"cannot read the config of {path}: {first}") from exc
+
+
+def load_auto(auto_cls, path: str | Path, what: str, *, trust_remote_code: bool):
+    """A tokenizer / processor / image processor (``auto_cls.from_pretrained``) with one-line errors."""
+    try:
+        return auto_cls.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise VlmSwapError(f"cannot load the {what} of {path}: {first}") from exc
 
 
 def load_pretrained(

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedConfig
+from transformers import AutoModel, AutoProcessor, PreTrainedConfig
 
 from ..errors import VlmSwapError
 from .base import EncoderBackend, LoadedEncoder
-from .loading import load_pretrained
+from .loading import load_auto, load_config, load_pretrained
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 #: DPA trained with at most 262,144 pixels per image; the perceiver's processor is capped to it.
@@ -108,12 +108,12 @@ class PerceiverEncoder(EncoderBackend):
     def load(
         cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool, allow_pickle: bool = False
     ) -> LoadedEncoder:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        config = load_config(source, trust_remote_code)
         family = check_family(config)
         model = load_pretrained(
             AutoModel, source, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
         )
-        processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+        processor = load_auto(AutoProcessor, source, "processor", trust_remote_code=trust_remote_code)
         args = perceiver_args(config, processor)
         image_processor = processor.image_processor
         size = dict(getattr(image_processor, "size", None) or {})
