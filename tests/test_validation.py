@@ -3,7 +3,8 @@
 Faults injected: configs that disagree with their weights (layer count, widths), a context too short
 for the image tokens, images with zero or too many pixels, an image path that is a folder, an
 unreadable file, a --set value that is not YAML, encoder checkpoints with an unknown type, code
-they ship or no image processor, and a source without tokenizer files.
+they ship or no image processor, a source without tokenizer files, and dataset images that do not
+decode or exceed the pixel budget.
 """
 
 from __future__ import annotations
@@ -151,3 +152,16 @@ def test_source_without_tokenizer(tmp_path, llava, vit):
         f.unlink()
     out = tmp_path / "o"
     assert_clean_failure(run("upgrade", src, "-e", f"hf-vit:{vit()}", "-o", out), "cannot load the tokenizer", out=out)
+
+
+def test_dataset_images_that_do_not_decode_or_are_too_big(tmp_path, upgraded):
+    (tmp_path / "text.png").write_text("not an image")
+    (tmp_path / "huge.png").write_bytes(png_header(9000, 9000))
+    turns = [{"from": "human", "value": "<image>\nwhat?"}, {"from": "gpt", "value": "red"}]
+    rows = [{"image": name, "conversations": turns} for name in ("text.png", "huge.png")]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_dir = tmp_path / "run"
+    result = run("train", "tiny-cpu", "--model", upgraded, "--data", data, "--images", tmp_path, "--out", run_dir)
+    assert_clean_failure(result, "line 1: not a readable image", "line 2: image", "pixel budget")
+    assert not run_dir.exists()
