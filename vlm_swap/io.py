@@ -49,9 +49,9 @@ def clean_stale_temporaries(out: Path) -> None:
     A kill between moving the previous output aside (``.old``) and moving the new one in leaves no
     ``out``; then the previous output is moved back first, so a kill never loses it.
     """
-    stale = []
     if not out.parent.is_dir():
         return
+    stale = []
     for p in out.parent.glob(f".{out.name}.*-*-*"):
         kind, _, rest = p.name[len(out.name) + 2 :].partition("-")
         pid = rest.split("-", 1)[0]
@@ -99,6 +99,8 @@ WRITE_ERRORS = {
 def write_failure(exc: BaseException, out: Path) -> VlmSwapError | None:
     """A one-line error for a failed write (an OSError, or a safetensors error wrapping one), else None."""
     code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+    if isinstance(exc, OSError) and exc.filename and not str(exc.filename).startswith(str(out.parent)):
+        return None  # a file elsewhere (an input) failed: not a write to the output
     if isinstance(exc, SafetensorError) and (m := re.search(r"os error (\d+)", str(exc))):
         code = int(m.group(1))
     if code not in WRITE_ERRORS:
