@@ -64,7 +64,8 @@ def resolve_source(
         return str(path.resolve())
     from huggingface_hub import snapshot_download
 
-    patterns = [marker] if config_only else HUB_PATTERNS + [f"*{s}" for s in PICKLE_SUFFIXES] * allow_pickle
+    pickles = [f"*{suffix}" for suffix in PICKLE_SUFFIXES] if allow_pickle else []  # never fetched just to refuse
+    patterns = [marker] if config_only else HUB_PATTERNS + pickles
     try:
         return snapshot_download(source, revision=revision, allow_patterns=patterns)
     except Exception as exc:  # offline, gated, unknown repo: say which and why, in one line
@@ -143,7 +144,8 @@ def weight_files(path: Path, *, required: bool = True, allow_pickle: bool = Fals
             f"{path} holds only pickle weights ({', '.join(p.name for p in pickles)}); vlm-swap reads safetensors; "
             f"{ALLOW_PICKLE_HINT}, or convert them with save_pretrained(safe_serialization=True)"
         )
-    raise VlmSwapError(f"no weights (*.safetensors) in {path}")
+    hint = "; a hub checkpoint with only pickle weights needs --allow-pickle" if not allow_pickle else ""
+    raise VlmSwapError(f"no weights (*.safetensors) in {path}{hint}")
 
 
 # ---- weight readers: keys() / get_tensor(key), whatever the file format ---------------------------------
