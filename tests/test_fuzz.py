@@ -9,12 +9,13 @@ other exception.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import vlm_swap
@@ -60,11 +61,16 @@ SHIPPED = yaml.safe_load(resolve_recipe_path("tiny-cpu").read_text())
 
 @FAST
 @given(st.one_of(values, mutated(SHIPPED)))
+@example({"stages": [{"steps": 1, "lr": float("nan")}]})
+@example({"stages": [{"epochs": float("inf")}]})
 def test_any_recipe_is_a_recipe_or_a_recipe_error(data):
     try:
-        assert isinstance(from_dict(Recipe, data), Recipe)
+        recipe = from_dict(Recipe, data)
     except VlmSwapError as exc:
         assert "\n" not in str(exc)
+        return
+    numbers = [v for s in recipe.stages for v in vars(s).values() if isinstance(v, float)]
+    assert all(math.isfinite(v) for v in numbers)  # no NaN / inf learning rate, epochs, betas, ...
 
 
 @FAST

@@ -10,6 +10,7 @@ the value parsed as YAML and type-checked like the file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -161,13 +162,15 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         return [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, path)
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
+    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:  # YAML 1.1 reads "1e-3" as a string
-            return float(value)
+            number = float(value)
         except ValueError:
-            pass
+            number = None
+        if number is not None and not math.isfinite(number):
+            raise RecipeError(f"{path}: expected a finite number, got {value!r}")
+        if number is not None:
+            return number
     if tp in (int, str, bool) and type(value) is tp:
         return value
     raise RecipeError(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
