@@ -9,9 +9,16 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from hypothesis import settings  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from vlm_swap import zoo  # noqa: E402
+
+# CI replays the same fuzz examples on every run (a red run is reproducible); `--hypothesis-profile explore`
+# draws new ones when hunting for bugs.
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("explore", max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()

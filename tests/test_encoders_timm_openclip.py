@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from vlm_swap.errors import VlmSwapError
 from vlm_swap.modeling import SwapVLMForConditionalGeneration, SwapVLMProcessor
 from vlm_swap.zoo.vision_libs import build_open_clip, build_timm_vit
 
-from .helpers import ask
+from .helpers import ask, read_tensors
 
 BUILDERS = {"timm": build_timm_vit, "open-clip": build_open_clip}
 PICKLE_NAMES = {"timm": "pytorch_model.bin", "open-clip": "open_clip_pytorch_model.bin"}
@@ -110,15 +111,21 @@ def test_upgrade_reload_rows_features_generate(tmp_path, llava, images, kind):
 
 
 @pytest.mark.parametrize("kind", list(BUILDERS))
-def test_pickle_only_weights_are_refused(tmp_path, llava, kind):
+def test_pickle_only_weights_are_refused_unless_allowed(tmp_path, llava, kind):
     src = BUILDERS[kind](tmp_path / "encoder")
+    reference = shutil.copytree(src, tmp_path / "reference")
     for f in src.glob("*.safetensors"):
         torch.save(load_file(f), f.with_name(PICKLE_NAMES[kind]))
         f.unlink()
+    source = str(llava("llama2", "clip"))
     with pytest.raises(VlmSwapError, match="safetensors") as err:
-        vlm_swap.upgrade(str(llava("llama2", "clip")), f"{kind}:{src}", tmp_path / "out")
-    assert "\n" not in str(err.value) and PICKLE_NAMES[kind] in str(err.value)
+        vlm_swap.upgrade(source, f"{kind}:{src}", tmp_path / "out")
+    assert "\n" not in str(err.value) and PICKLE_NAMES[kind] in str(err.value) and "--allow-pickle" in str(err.value)
     assert not (tmp_path / "out").exists()
+    ours = read_tensors(vlm_swap.upgrade(source, f"{kind}:{src}", tmp_path / "out", allow_pickle=True))
+    theirs = read_tensors(vlm_swap.upgrade(source, f"{kind}:{reference}", tmp_path / "ref-out"))
+    encoder = [k for k in theirs if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(ours[k], theirs[k]) for k in encoder)
 
 
 def test_bad_sources_fail_in_one_line(tmp_path):

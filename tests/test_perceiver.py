@@ -143,5 +143,5 @@ def test_a_model_type_transformers_cannot_load_is_refused(tmp_path):
     import json
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "not_a_real_vlm", "hidden_size": 8}))
-    with pytest.raises(VlmSwapError, match="transformers cannot load the perceiver config.*supported: gemma3"):
+    with pytest.raises(VlmSwapError, match="cannot read the config.*perceiver families supported: gemma3"):
         PerceiverEncoder.load(str(tmp_path), dtype=None, trust_remote_code=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from .encoders.loading import load_pretrained, resolve_source
+from .encoders.loading import load_pretrained, resolve_source, weight_files
 from .errors import VlmSwapError
 from .io import read_json
 from .modeling import SwapVLMForConditionalGeneration, SwapVLMProcessor
@@ -19,8 +19,10 @@ def load(
     dtype: torch.dtype | str | None = None,
     device: str | None = None,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> tuple[SwapVLMForConditionalGeneration, SwapVLMProcessor]:
-    """Load an upgraded model and its processor (safetensors only), in eval mode.
+    """Load an upgraded model and its processor, in eval mode: safetensors, or with ``allow_pickle``
+    pickle weights read ``weights_only``.
 
     ``path`` may also be a training run holding a LoRA adapter: its base model is loaded and the
     adapter (with the trained connector) applied through peft.
@@ -32,10 +34,15 @@ def load(
         base = read_json(adapter).get("base_model_name_or_path")
         if not base:
             raise VlmSwapError(f"{adapter} does not name its base model")
-        model, processor = load(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        weight_files(Path(path), allow_pickle=allow_pickle)  # a pickle-only adapter: refused naming --allow-pickle
+        model, processor = load(
+            base, dtype=dtype, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+        )
         return PeftModel.from_pretrained(model, str(path)).eval(), processor
-    local = resolve_source(str(path))
-    model = load_pretrained(AutoModelForImageTextToText, local, dtype=dtype, trust_remote_code=trust_remote_code)
+    local = resolve_source(str(path), allow_pickle=allow_pickle)
+    model = load_pretrained(
+        AutoModelForImageTextToText, local, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    )
     if not isinstance(model, SwapVLMForConditionalGeneration):
         raise VlmSwapError(f"{path} is a {type(model).__name__}, not a vlm-swap model; upgrade it first")
     processor = AutoProcessor.from_pretrained(local, trust_remote_code=trust_remote_code)
@@ -44,13 +51,14 @@ def load(
     return model.eval(), processor
 
 
-def load_any(path: str | Path, *, trust_remote_code: bool = False):
+def load_any(path: str | Path, *, trust_remote_code: bool = False, allow_pickle: bool = False):
     """A vlm-swap model (or run), or any transformers image-text model such as a llava-hf source."""
     local = Path(path)
+    opts = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
     if (local / "adapter_config.json").is_file():
-        return load(path, trust_remote_code=trust_remote_code)
-    resolved = resolve_source(str(path))
+        return load(path, **opts)
+    resolved = resolve_source(str(path), allow_pickle=allow_pickle)
     if read_json(Path(resolved) / "config.json").get("model_type") == "swap_vlm":
-        return load(resolved, trust_remote_code=trust_remote_code)
-    model = load_pretrained(AutoModelForImageTextToText, resolved, dtype=None, trust_remote_code=trust_remote_code)
+        return load(resolved, **opts)
+    model = load_pretrained(AutoModelForImageTextToText, resolved, dtype=None, **opts)
     return model.eval(), AutoProcessor.from_pretrained(resolved, trust_remote_code=trust_remote_code)

@@ -82,12 +82,16 @@ class DType(str, Enum):
 def inspect_cmd(
     source: str = typer.Argument(..., help="A VLM: local dir (a config.json alone is enough), hub id or catalog id."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print JSON for scripts."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code/--no-trust-remote-code", help="Allow model code from the checkpoint."
+    ),
 ) -> None:
     """Report a checkpoint's architecture, parts, image token, tokens per image and parameter counts."""
     from .inspection import inspect_source
 
+    _warn_remote_code(trust_remote_code)
     with user_errors():
-        report = inspect_source(source)
+        report = inspect_source(source, trust_remote_code=trust_remote_code)
     if as_json:
         _print_json(report)
         return
@@ -117,6 +121,28 @@ RemoteCodeOpt = Annotated[
     ),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the fresh connector's initialisation.")]
+PickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-pickle/--no-allow-pickle",
+        help="Read pickle weights (.bin, .pt) when there are no safetensors (tensors only, weights_only=True).",
+    ),
+]
+RevisionOpt = Annotated[str, typer.Option("--revision", help="Hub source: branch, tag or commit to pin.")]
+EncoderRevisionOpt = Annotated[
+    str, typer.Option("--encoder-revision", help="Hub encoder source: branch, tag or commit to pin.")
+]
+
+
+def _warn_remote_code(trust_remote_code: bool, *revisions: str | None) -> None:
+    if trust_remote_code:
+        pinned = "pinned to " + ", ".join(r for r in revisions if r) if any(revisions) else "unpinned"
+        err.print(
+            f"[yellow]warning:[/] --trust-remote-code runs Python code shipped with the checkpoint ({pinned}); "
+            "pin audited code with --revision COMMIT",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()
@@ -128,12 +154,17 @@ def upgrade(
     dtype: DTypeOpt = DType.auto,
     force: ForceOpt = False,
     trust_remote_code: RemoteCodeOpt = False,
+    allow_pickle: PickleOpt = False,
+    revision: RevisionOpt = None,
+    encoder_revision: EncoderRevisionOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Swap the vision side of an existing VLM for ENCODER; keep the LLM, tokenizer and chat template."""
     from .upgrade import upgrade as run
 
-    path = _assemble(run, source, encoder, out_dir, connector, dtype, force, trust_remote_code, seed)
+    loading = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
+    loading |= {"revision": revision, "encoder_revision": encoder_revision}
+    path = _assemble(run, source, encoder, out_dir, connector, dtype, force, seed, loading)
     out.print(f"upgraded model written to [bold]{path}[/]")
 
 
@@ -146,17 +177,23 @@ def build(
     dtype: DTypeOpt = DType.auto,
     force: ForceOpt = False,
     trust_remote_code: RemoteCodeOpt = False,
+    allow_pickle: PickleOpt = False,
+    revision: RevisionOpt = None,
+    encoder_revision: EncoderRevisionOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Build a VLM from a bare causal LM and an encoder (the DPA paper's setting)."""
     from .upgrade import build as run
 
-    path = _assemble(run, llm, encoder, out_dir, connector, dtype, force, trust_remote_code, seed)
+    loading = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
+    loading |= {"revision": revision, "encoder_revision": encoder_revision}
+    path = _assemble(run, llm, encoder, out_dir, connector, dtype, force, seed, loading)
     out.print(f"model written to [bold]{path}[/]")
 
 
-def _assemble(run, source, encoder, out_dir, connector, dtype, force, trust_remote_code, seed) -> Path:
-    """upgrade/build share their options and their call."""
+def _assemble(run, source, encoder, out_dir, connector, dtype, force, seed, loading: dict) -> Path:
+    """upgrade/build share their options and their call; ``loading``: remote code, pickle, revisions."""
+    _warn_remote_code(loading["trust_remote_code"], loading["revision"], loading["encoder_revision"])
     with user_errors():
         return run(
             source,
@@ -165,9 +202,9 @@ def _assemble(run, source, encoder, out_dir, connector, dtype, force, trust_remo
             connector=connector,
             dtype=dtype.value,
             force=force,
-            trust_remote_code=trust_remote_code,
             seed=seed,
             progress=True,
+            **loading,
         )
 
 
@@ -232,12 +269,16 @@ def generate(
     image: list[Path] = typer.Option(..., "--image", help="Image file (repeat for several images)."),
     prompt: str = typer.Option(..., "--prompt", help="The question or instruction."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Most tokens to generate."),
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """Answer PROMPT about IMAGE, streaming the answer."""
     from .generation import generate_answer
 
     with user_errors():
-        for piece in generate_answer(model, [str(p) for p in image], prompt, max_new_tokens=max_new_tokens):
+        pieces = generate_answer(
+            model, [str(p) for p in image], prompt, max_new_tokens=max_new_tokens, allow_pickle=allow_pickle
+        )
+        for piece in pieces:
             out.print(piece, end="", highlight=False, markup=False)
     out.print()
 
@@ -256,6 +297,7 @@ def train(
     ),
     max_images: int = typer.Option(1, "--max-images", min=1, help="Most images allowed in one sample."),
     report_to: str = typer.Option("none", "--report-to", help="Trainer loggers: none, tensorboard, wandb, ..."),
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """Fine-tune the connector (then LoRA) of an upgraded model with a recipe, on the HF Trainer."""
     from .train.run import train as run
@@ -273,6 +315,7 @@ def train(
             max_images=max_images,
             report_to=report_to,
             console=out,
+            allow_pickle=allow_pickle,
         )
     out.print(f"run written to [bold]{path}[/] (loss curve: {path / 'loss.png'})")
 
@@ -287,6 +330,7 @@ def eval_cmd(
     limit: int = typer.Option(None, "--limit", min=1, help="Score at most N rows of each file."),
     report: Path = typer.Option(None, "--out", "-o", help="Write the scores as JSON to this file."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print JSON instead of a table."),
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """Accuracy on image questions and text perplexity, against a baseline when given."""
     from .evaluation import evaluate
@@ -295,7 +339,15 @@ def eval_cmd(
         if data is None and text_data is None:
             raise VlmSwapError("nothing to evaluate: pass --data and/or --text-data")
         result = evaluate(
-            model, data, images, text_data, baseline=baseline, limit=limit, report=report, progress=not as_json
+            model,
+            data,
+            images,
+            text_data,
+            baseline=baseline,
+            limit=limit,
+            report=report,
+            progress=not as_json,
+            allow_pickle=allow_pickle,
         )
     if as_json:
         _print_json(result)
@@ -319,12 +371,13 @@ def merge(
     run: Path = typer.Argument(..., help="A run directory holding a LoRA adapter."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Where to write the merged model."),
     force: bool = typer.Option(False, "--force/--no-force", help="Replace a non-empty --out."),
+    allow_pickle: PickleOpt = False,
 ) -> None:
     """Fold a run's LoRA adapter (and trained connector) into a full upgraded model."""
     from .train.run import merge as run_merge
 
     with user_errors():
-        path = run_merge(run, out_dir, force=force)
+        path = run_merge(run, out_dir, force=force, allow_pickle=allow_pickle)
     out.print(f"merged model written to [bold]{path}[/]")
 
 

@@ -178,6 +178,7 @@ def evaluate(
     limit: int | None = None,
     report: Path | None = None,
     progress: bool = False,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Score ``model`` (and ``baseline``) on the same data; write ``report`` as JSON when given."""
     from .api import load_any
@@ -187,7 +188,7 @@ def evaluate(
     for name, path in (("baseline", baseline), ("model", model)):
         if path is None:
             continue
-        m, processor = load_any(path)
+        m, processor = load_any(path, allow_pickle=allow_pickle)
         result[name] = {
             "path": str(path),
             **score(m, processor, data, images, text_data, limit=limit, progress=progress, label=name),

@@ -19,14 +19,21 @@ def build_prompt(processor, prompt: str, n_images: int) -> str:
 
 
 def generate_answer(
-    model_dir: str, images: list[str], prompt: str, *, max_new_tokens: int = 64, model=None, processor=None
+    model_dir: str,
+    images: list[str],
+    prompt: str,
+    *,
+    max_new_tokens: int = 64,
+    model=None,
+    processor=None,
+    allow_pickle: bool = False,
 ) -> Iterator[str]:
     """Stream the answer to ``prompt`` about ``images`` (greedy decoding, KV cache)."""
     from .api import load
 
     pictures = [load_image(p) for p in images]
     if model is None:
-        model, processor = load(model_dir)
+        model, processor = load(model_dir, allow_pickle=allow_pickle)
     text = build_prompt(processor, prompt, len(pictures))
     inputs = processor(images=pictures, text=text, add_special_tokens=False, return_tensors="pt").to(model.device)
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)

@@ -25,5 +25,7 @@ def load_image(path: str | Path) -> Image.Image:
             if w * h > MAX_IMAGE_PIXELS:
                 raise VlmSwapError(f"image {path} is {w}x{h}, over the {MAX_IMAGE_PIXELS:,}-pixel budget")
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise VlmSwapError(f"image {path} is over the {MAX_IMAGE_PIXELS:,}-pixel budget") from exc
+    except (UnidentifiedImageError, OSError) as exc:
         raise VlmSwapError(f"not a readable image: {path} ({exc.__class__.__name__})") from exc

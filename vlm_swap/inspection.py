@@ -21,11 +21,11 @@ from .io import PROVENANCE_NAME, read_json
 from .sources import CAUSAL_LM, Source, describe, detect_adapter, open_safetensors, open_source
 
 
-def _meta_model(config, causal: bool = False):
+def _meta_model(config, causal: bool = False, trust_remote_code: bool = False):
     cls = AutoModelForCausalLM if causal else AutoModelForImageTextToText
     try:
         with torch.device("meta"):
-            return cls.from_config(config)
+            return cls.from_config(config, trust_remote_code=trust_remote_code)
     except (ValueError, KeyError) as exc:
         raise VlmSwapError(f"cannot build {describe(config)} from its config: {exc}") from exc
 
@@ -34,7 +34,7 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # tied parameters are counted once
 
 
-def inspect_source(source: str) -> dict[str, Any]:
+def inspect_source(source: str, *, trust_remote_code: bool = False) -> dict[str, Any]:
     """A JSON-able report of a source VLM, an upgraded vlm-swap model, or a catalog VLM/LLM (offline)."""
     if source in CATALOG and not looks_local(source):
         entry = CATALOG.get(source)
@@ -44,9 +44,9 @@ def inspect_source(source: str) -> dict[str, Any]:
         adapter = CAUSAL_LM if entry.role == "llm" else detect_adapter(config)
         src = Source(Path(entry.hub_id), adapter, config)
     else:
-        src = open_source(source, weights=False)
+        src = open_source(source, weights=False, trust_remote_code=trust_remote_code)
     causal = src.adapter is CAUSAL_LM or src.adapter.llm_config.flat
-    model = _meta_model(src.text_config if causal else src.config, causal=causal)
+    model = _meta_model(src.text_config if causal else src.config, causal=causal, trust_remote_code=trust_remote_code)
     parts: dict[str, int] = {"encoder": 0, "connector": 0, "llm": 0}
     for name, p in model.named_parameters():
         part = src.adapter.part_of(name)
@@ -81,7 +81,7 @@ def inspect_source(source: str) -> dict[str, Any]:
             },
         },
         "image_token_id": image_token_id,
-        "image_token": _token_string(src.path, image_token_id),
+        "image_token": _token_string(src.path, image_token_id, trust_remote_code),
         "tokens_per_image": _tokens_per_image(src),
         "total_params": count_params(model) + extra,
     }
@@ -116,11 +116,12 @@ def _tokens_per_image(src) -> int | None:
     return None
 
 
-def _token_string(path, token_id: int | None) -> str | None:
+def _token_string(path, token_id: int | None, trust_remote_code: bool = False) -> str | None:
     if token_id is None or not (path / "tokenizer_config.json").is_file():
         return None
     try:
-        return AutoTokenizer.from_pretrained(str(path)).convert_ids_to_tokens(int(token_id))
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        return tokenizer.convert_ids_to_tokens(int(token_id))
     except (OSError, ValueError):
         return None
 

@@ -5,23 +5,25 @@ the vision config and the image token, how the LLM config becomes the config of 
 (``llm_config``: rebuilt as another model type, keys inherited from the top level or dropped, or
 read from a flat config.json that transformers' AutoConfig would misread), and which weight-key
 prefixes belong to the LLM (with their renaming into a plain causal LM), the encoder and the
-connector; the longest matching prefix decides. Reading a source never loads weights: it opens
-the safetensors shards lazily so the LLM can be streamed to the output.
+connector; the longest matching prefix decides. Reading a source never loads weights: it opens the
+weight shards lazily (``Source.open`` / ``Source.iter_tensors``: a reader per file, safetensors or,
+with ``allow_pickle``, pickle read ``weights_only``) so the LLM can be streamed to the output.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
-from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, PreTrainedConfig
 
-from .encoders.loading import resolve_source, weight_files
+from .encoders.loading import load_config, open_safetensors, open_weights, resolve_source, weight_files
 from .errors import VlmSwapError
 from .registry import Registry
 
@@ -200,6 +202,7 @@ class Source:
     adapter: AdapterSpec
     config: PreTrainedConfig
     weight_files: list[Path] = field(default_factory=list)
+    allow_pickle: bool = False
 
     @property
     def text_config(self) -> PreTrainedConfig:
@@ -222,13 +225,34 @@ class Source:
         key = self.adapter.config.get(field)
         return getattr(self.config, key, None) if key else None
 
+    def open(self, path: Path):
+        """A reader (``keys()`` / ``get_tensor(key)``, a context manager) for one of ``weight_files``."""
+        return open_weights(path, allow_pickle=self.allow_pickle)
+
     def tensors(self) -> dict[str, Path]:
         """Every weight key of the source and the shard that holds it."""
         out: dict[str, Path] = {}
         for f in self.weight_files:
-            with open_safetensors(f) as st:
+            with self.open(f) as st:
                 out.update(dict.fromkeys(st.keys(), f))
         return out
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every weight key of the source and its shape, from the file headers (no tensor data read)."""
+        out: dict[str, tuple[int, ...]] = {}
+        for f in self.weight_files:
+            with self.open(f) as st:
+                for key in st.keys():
+                    part = st.get_slice(key)  # a safetensors slice, or the tensor itself for pickle files
+                    out[key] = tuple(part.get_shape() if hasattr(part, "get_shape") else part.shape)
+        return out
+
+    def iter_tensors(self) -> Iterator[tuple[Path, str, torch.Tensor]]:
+        """(shard, key, tensor) for every weight of the source, one shard open at a time."""
+        for f in self.weight_files:
+            with self.open(f) as st:
+                for key in st.keys():
+                    yield f, key, st.get_tensor(key)
 
     def check_parts(self) -> None:
         """Refuse a checkpoint that lacks every weight of a part its layout requires."""
@@ -241,15 +265,7 @@ class Source:
                 )
 
 
-def open_safetensors(path: Path):
-    """``safe_open`` with a one-line error for truncated or corrupted files."""
-    try:
-        return safe_open(str(path), framework="pt")
-    except (SafetensorError, OSError) as exc:
-        raise VlmSwapError(f"corrupted or truncated safetensors file {path}: {exc}") from exc
-
-
-def load_config(path: str | Path, trust_remote_code: bool = False) -> PreTrainedConfig:
+def load_source_config(path: str | Path, trust_remote_code: bool = False) -> PreTrainedConfig:
     """The config of a checkpoint dir; a flat layout (original LLaVA) is recognised from the raw file first."""
     raw_path = Path(path) / "config.json"
     try:
@@ -259,13 +275,7 @@ def load_config(path: str | Path, trust_remote_code: bool = False) -> PreTrained
     for _, spec in SOURCES.items():
         if (flat := spec.flat_config(raw if isinstance(raw, dict) else {})) is not None:
             return flat
-    try:
-        return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except VlmSwapError:
-        raise
-    except (OSError, ValueError, KeyError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise VlmSwapError(f"cannot read the config of {path}: {first}") from exc
+    return load_config(path, trust_remote_code)
 
 
 def detect_adapter(config: PreTrainedConfig) -> AdapterSpec:
@@ -279,11 +289,17 @@ def detect_adapter(config: PreTrainedConfig) -> AdapterSpec:
 
 
 def open_source(
-    source: str, *, weights: bool = True, bare_llm: bool = False, trust_remote_code: bool = False
+    source: str,
+    *,
+    weights: bool = True,
+    bare_llm: bool = False,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    revision: str | None = None,
 ) -> Source:
     """Resolve and open a source: a VLM (default) or a bare causal LM (``bare_llm``)."""
-    path = Path(resolve_source(source, config_only=not weights))
-    config = load_config(path, trust_remote_code)
+    path = Path(resolve_source(source, config_only=not weights, revision=revision, allow_pickle=allow_pickle))
+    config = load_source_config(path, trust_remote_code)
     if bare_llm:
         vlm = getattr(config, "text_config", None) is not None or getattr(config, "vision_config", None) is not None
         if vlm or any(spec.llm_config.flat and spec.matches(config) for _, spec in SOURCES.items()):
@@ -291,8 +307,8 @@ def open_source(
         adapter = CAUSAL_LM
     else:
         adapter = detect_adapter(config)
-    files = weight_files(path, required=weights) if weights else []
-    src = Source(path, adapter, config, files)
+    files = weight_files(path, required=weights, allow_pickle=allow_pickle) if weights else []
+    src = Source(path, adapter, config, files, allow_pickle)
     if files:
         src.check_parts()
     return src
@@ -301,3 +317,6 @@ def open_source(
 def describe(config: Any) -> str:
     archs = getattr(config, "architectures", None) or [config.model_type]
     return archs[0]
+
+
+__all__ = ["AdapterSpec", "SOURCES", "Source", "load_config", "open_safetensors", "open_source"]

@@ -25,12 +25,12 @@ from .card import write_model_card
 from .compat import Check, EncoderFacts, LLMFacts, check_pair, require_compatible
 from .connectors import CONNECTORS
 from .encoders import ENCODERS, EncoderSpec, LoadedEncoder
-from .encoders.loading import resolve_source
+from .encoders.loading import load_auto, resolve_source
 from .errors import VlmSwapError
 from .io import DEFAULT_SHARD_BYTES, PROVENANCE_NAME, ShardWriter, atomic_dir, check_output_dir, write_json
 from .llms import LLMFamily, detect_family
 from .modeling import SwapVLMConfig, SwapVLMProcessor
-from .sources import Source, open_safetensors, open_source
+from .sources import Source, open_source
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -107,18 +107,29 @@ class Prepared:
 
 
 def prepare(
-    source: str, encoder: str, *, bare_llm: bool = False, connector: str | None = None, trust_remote_code: bool = False
+    source: str,
+    encoder: str,
+    *,
+    bare_llm: bool = False,
+    connector: str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    revision: str | None = None,
+    encoder_revision: str | None = None,
 ) -> Prepared:
     """Open the source, load the encoder, plan the tokens and run the pair checks (no writes)."""
     spec = EncoderSpec.parse(encoder)
     connector = connector or ("mlp2x-relu" if spec.kind == "perceiver" else "mlp2x-gelu")
     CONNECTORS.get(connector)
-    src = open_source(source, bare_llm=bare_llm, trust_remote_code=trust_remote_code)
-    backend = ENCODERS.get(spec.kind)
-    loaded = backend.load(
-        resolve_source(spec.source, marker=backend.marker_file), dtype=None, trust_remote_code=trust_remote_code
+    src = open_source(
+        source, bare_llm=bare_llm, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, revision=revision
     )
-    tokenizer = AutoTokenizer.from_pretrained(str(src.path), config=src.config, trust_remote_code=trust_remote_code)
+    backend = ENCODERS.get(spec.kind)
+    enc_path = resolve_source(
+        spec.source, marker=backend.marker_file, revision=encoder_revision, allow_pickle=allow_pickle
+    )
+    loaded = backend.load(enc_path, dtype=None, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    tokenizer = load_auto(AutoTokenizer, src.path, "tokenizer", trust_remote_code=trust_remote_code, config=src.config)
     chat_template = _chat_template(src, tokenizer, trust_remote_code)
     text_cfg = copy.deepcopy(src.text_config)
     family = detect_family(text_cfg.model_type, tokenizer.get_vocab())
@@ -148,6 +159,9 @@ def _assemble(
     dtype: str = "auto",
     force: bool = False,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    revision: str | None = None,
+    encoder_revision: str | None = None,
     seed: int = 0,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: bool = False,
@@ -156,7 +170,16 @@ def _assemble(
     if dtype not in DTYPES:
         raise VlmSwapError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
     check_output_dir(out, force)
-    p = prepare(source, encoder, bare_llm=bare_llm, connector=connector, trust_remote_code=trust_remote_code)
+    p = prepare(
+        source,
+        encoder,
+        bare_llm=bare_llm,
+        connector=connector,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+        revision=revision,
+        encoder_revision=encoder_revision,
+    )
     require_compatible(p.checks)
     src, spec, loaded, tokenizer, plan, text_cfg = p.src, p.spec, p.loaded, p.tokenizer, p.plan, p.text_cfg
 
@@ -166,6 +189,7 @@ def _assemble(
     text_cfg.pad_token_id = tokenizer.pad_token_id
     target_dtype = DTYPES[dtype]
 
+    check_llm_shapes(src, text_cfg)  # before anything is written
     with atomic_dir(out, force=force) as tmp:
         writer = ShardWriter(tmp, max_shard_bytes)
         out_dtype = _stream_llm(src, text_cfg, writer, new_vocab, new_ids, target_dtype, progress)
@@ -250,7 +274,7 @@ def _stream_llm(
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("copying LLM tensors", total=len(tensors))
         for path in src.weight_files:
-            with open_safetensors(path) as st:
+            with src.open(path) as st:  # safetensors, or pickle read weights_only with allow_pickle
                 for key in st.keys():
                     bar.advance(task)
                     part = src.adapter.part_of(key)
@@ -279,6 +303,23 @@ def _stream_llm(
             f"the source lacks {len(missing)} LLM weights (first: {missing[0]}): config/weights mismatch"
         )
     return out_dtype or torch.float32
+
+
+def check_llm_shapes(src: Source, text_cfg: PreTrainedConfig) -> None:
+    """Every LLM weight of the source has the shape its config implies (embedding rows may differ: resized)."""
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(text_cfg)
+    expected = {n: tuple(t.shape) for n, t in skeleton.state_dict().items()}
+    embeddings = (skeleton.get_input_embeddings(), skeleton.get_output_embeddings())
+    resized = {_param_name(skeleton, m) for m in embeddings if m is not None}
+    for key, shape in src.shapes().items():
+        llm_key = None if src.adapter.part_of(key) in ("encoder", "connector") else src.adapter.llm_key(key)
+        want = expected.get(llm_key)
+        if want is not None and (shape[1:] != want[1:] if llm_key in resized else shape != want):
+            raise VlmSwapError(
+                f"weight {key!r} of {src.path} has shape {list(shape)} where its config implies {list(want)} "
+                "(config/weights mismatch)"
+            )
 
 
 def _param_name(model: torch.nn.Module, module: torch.nn.Module) -> str:

@@ -39,8 +39,11 @@ class EncoderBackend(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def load(cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool) -> LoadedEncoder:
-        """Load the encoder from a local dir or hub id with its image processor."""
+    def load(
+        cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool, allow_pickle: bool = False
+    ) -> LoadedEncoder:
+        """Load the encoder from a local dir with its image processor; pickle weights only with ``allow_pickle``
+        (read with ``weights_only=True``)."""
         raise NotImplementedError
 
     @staticmethod

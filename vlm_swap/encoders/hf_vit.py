@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, PreTrainedConfig
+from transformers import AutoImageProcessor, AutoModel, PreTrainedConfig
 
 from ..errors import VlmSwapError
 from .base import EncoderBackend, LoadedEncoder
@@ -73,15 +73,19 @@ class HFViTEncoder(EncoderBackend):
         return (h // patch) * (w // patch) + (1 if args["has_cls"] and not args["drop_cls"] else 0)
 
     @classmethod
-    def load(cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool) -> LoadedEncoder:
-        from .loading import load_pretrained  # upgrade time only: an exported model's code does without it
+    def load(
+        cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool, allow_pickle: bool = False
+    ) -> LoadedEncoder:
+        from .loading import load_auto, load_config, load_pretrained  # upgrade time only (not in exports)
 
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        config = load_config(source, trust_remote_code)
         vcfg = vision_tower_config(config)
         class_name, has_cls, layer = VISION_TOWERS[config.model_type]
         tower_cls = getattr(transformers, class_name)
-        vision_model = load_pretrained(tower_cls, source, dtype=dtype, trust_remote_code=trust_remote_code)
+        vision_model = load_pretrained(
+            tower_cls, source, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+        )
         args = {"feature_layer": layer, "has_cls": has_cls, "drop_cls": has_cls, "patch_size": vcfg.patch_size}
         module = cls(vision_model.config, args, model=vision_model)
-        processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+        processor = load_auto(AutoImageProcessor, source, "image processor", trust_remote_code=trust_remote_code)
         return LoadedEncoder(module, vision_model.config, processor, {"model_type": config.model_type})

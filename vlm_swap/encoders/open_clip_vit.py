@@ -4,7 +4,7 @@ OpenCLIP has no HF config class, so ``encoder_config`` is None and ``encoder_arg
 the tower's part of the open_clip model config (embed_dim, quick_gelu, vision_cfg): enough to rebuild
 its architecture without network. A source is a directory in the open_clip hub layout:
 ``open_clip_config.json`` (``model_cfg``, ``preprocess_cfg``) and ``open_clip_model.safetensors``
-(pickle weights are refused); only the ``visual.*`` weights are read.
+(pickle weights only with ``allow_pickle``, read ``weights_only``); only the ``visual.*`` weights are read.
 Features are the tokens of block ``feature_layer`` (-2 by default, LLaVA's convention) from open_clip's
 ``forward_intermediates``, without the CLS token. The image processor is a ``CLIPImageProcessor`` set
 up from the preprocess config (size, mean, std, interpolation, resize mode). Native ViT towers and
@@ -23,6 +23,7 @@ from ..errors import VlmSwapError
 from ..io import read_json
 from .base import EncoderBackend, LoadedEncoder, strided_rows
 from .eval_transform import clip_processor
+from .loading import ALLOW_PICKLE_HINT, PICKLE_SUFFIXES, open_weights
 
 CONFIG_NAME, WEIGHTS_NAME = "open_clip_config.json", "open_clip_model.safetensors"
 
@@ -63,11 +64,9 @@ def image_processor(preprocess_cfg: dict[str, Any], size: list[int]) -> CLIPImag
     return clip_processor("open_clip", resize, (h, w), crop, pp["interpolation"], pp["mean"], pp["std"])
 
 
-def read_visual_weights(weights: Path) -> dict[str, torch.Tensor]:
-    """The ``visual.*`` tensors of an open_clip safetensors file, prefix removed (the text tower is not read)."""
-    from safetensors import safe_open
-
-    with safe_open(str(weights), framework="pt") as st:
+def read_visual_weights(weights: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The ``visual.*`` tensors of an open_clip weight file, prefix removed (the text tower is not read)."""
+    with open_weights(weights, allow_pickle=allow_pickle) as st:
         return {k.removeprefix("visual."): st.get_tensor(k) for k in st.keys() if k.startswith("visual.")}
 
 
@@ -100,7 +99,9 @@ class OpenCLIPEncoder(EncoderBackend):
     image_rows = staticmethod(strided_rows)
 
     @classmethod
-    def load(cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool) -> LoadedEncoder:
+    def load(
+        cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool, allow_pickle: bool = False
+    ) -> LoadedEncoder:
         path = Path(source)
         if not (path / CONFIG_NAME).is_file():
             raise VlmSwapError(f"no {CONFIG_NAME} in {source}: not an open_clip checkpoint")
@@ -110,11 +111,16 @@ class OpenCLIPEncoder(EncoderBackend):
             raise VlmSwapError(f"{path / CONFIG_NAME} has no model_cfg with embed_dim and vision_cfg")
         weights = path / WEIGHTS_NAME
         if not weights.is_file():
-            found = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".safetensors"))
-            raise VlmSwapError(f"no {WEIGHTS_NAME} in {source} (found: {found or 'no weights'}); only safetensors load")
+            found = sorted(p for p in path.iterdir() if p.suffix in (*PICKLE_SUFFIXES, ".safetensors"))
+            pickles = [p for p in found if p.suffix in PICKLE_SUFFIXES]
+            if not (pickles and allow_pickle):
+                hint = f"; {ALLOW_PICKLE_HINT}" if pickles else ""
+                names = [p.name for p in found] or "no weights"
+                raise VlmSwapError(f"no {WEIGHTS_NAME} in {source} (found: {names}); only safetensors load{hint}")
+            weights = pickles[0]
         try:
             visual = build_visual(model_cfg)
-            state = read_visual_weights(weights)
+            state = read_visual_weights(weights, allow_pickle)
             missing, unexpected = visual.load_state_dict(state, strict=False)
         except (TypeError, ValueError, KeyError, RuntimeError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

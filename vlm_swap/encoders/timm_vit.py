@@ -23,7 +23,7 @@ from ..errors import VlmSwapError
 from ..io import read_json
 from .base import EncoderBackend, LoadedEncoder, strided_rows
 from .eval_transform import clip_processor
-from .loading import load_pretrained, weight_files
+from .loading import load_pretrained
 
 
 def timm_config(raw: dict[str, Any], source: str):
@@ -85,14 +85,17 @@ class TimmViTEncoder(EncoderBackend):
     image_rows = staticmethod(strided_rows)
 
     @classmethod
-    def load(cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool) -> LoadedEncoder:
+    def load(
+        cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool, allow_pickle: bool = False
+    ) -> LoadedEncoder:
         import timm.data
         from transformers import TimmWrapperModel
 
         raw = read_json(Path(source) / "config.json")
         config = timm_config(raw, source)
-        weight_files(Path(source))  # safetensors only: a pickle-only dir is refused with its file names
-        model = load_pretrained(TimmWrapperModel, source, dtype=dtype, trust_remote_code=False, config=config)
+        model = load_pretrained(
+            TimmWrapperModel, source, dtype=dtype, trust_remote_code=False, allow_pickle=allow_pickle, config=config
+        )
         vit = model.timm_model
         if not all(hasattr(vit, a) for a in ("patch_embed", "num_prefix_tokens", "forward_intermediates")):
             raise VlmSwapError(f"timm architecture {config.architecture!r} is not a ViT (no patch tokens)")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import torch
 
 from ..errors import VlmSwapError
@@ -88,6 +89,10 @@ def _text_with_images(text: str) -> list[dict]:
     return content
 
 
+def _role(value: Any) -> bool:
+    return isinstance(value, str) and value in ROLE_OF
+
+
 def parse_row(row: Any, images_dir: Path | None, max_images: int) -> tuple[list[dict], list[Path]]:
     """A raw row -> (messages, image paths); raises RowError naming the cause."""
     if isinstance(row, RowError):
@@ -100,18 +105,23 @@ def parse_row(row: Any, images_dir: Path | None, max_images: int) -> tuple[list[
             raise RowError("'conversations' must be a non-empty list")
         messages = []
         for t in turns:
-            if not isinstance(t, dict) or t.get("from") not in ROLE_OF or not isinstance(t.get("value"), str):
+            if not isinstance(t, dict) or not _role(t.get("from")) or not isinstance(t.get("value"), str):
                 raise RowError("each conversation turn needs 'from' (human/gpt/system) and a string 'value'")
             messages.append({"role": ROLE_OF[t["from"]], "content": _text_with_images(t["value"])})
         image = row.get("image")
         paths = [] if image is None else [image] if isinstance(image, str) else image
+        if not isinstance(paths, list):
+            raise RowError("'image' must be a path or a list of paths")
     elif "messages" in row:
         msgs = row["messages"]
         if not isinstance(msgs, list) or not msgs:
             raise RowError("'messages' must be a non-empty list")
-        messages, paths = [], list(row.get("images") or [])
+        images = row.get("images") or []
+        if not isinstance(images, list):
+            raise RowError("'images' must be a list of paths")
+        messages, paths = [], list(images)
         for m in msgs:
-            if not isinstance(m, dict) or m.get("role") not in ROLE_OF:
+            if not isinstance(m, dict) or not _role(m.get("role")):
                 raise RowError("each message needs a 'role' of user/assistant/system")
             content = m.get("content")
             if isinstance(content, str):
@@ -168,7 +178,10 @@ class Encoder:
         self.image_token_id = processor.image_token_id
 
     def _render(self, messages: list[dict], **kwargs) -> str:
-        text = self.processor.apply_chat_template(messages, tokenize=False, **kwargs)
+        try:
+            text = self.processor.apply_chat_template(messages, tokenize=False, **kwargs)
+        except jinja2.TemplateError as exc:  # e.g. templates that require alternating user/assistant turns
+            raise RowError(f"the chat template refuses this conversation: {exc}") from exc
         normalize = getattr(self.processor, "normalize_text", None)  # SwapVLMProcessor; others need none
         return normalize(text) if normalize else text
 
@@ -178,6 +191,8 @@ class Encoder:
         for i, m in enumerate(messages):
             if m["role"] != "assistant":
                 continue
+            if i == 0:
+                raise RowError("the conversation starts with an assistant turn: no prompt for it")
             before = self._render(messages[:i], add_generation_prompt=True)
             through = self._render(messages[: i + 1])
             if not (full.startswith(through) and through.startswith(before)):
@@ -199,7 +214,9 @@ class Encoder:
         text, spans = self.answer_spans(sample.messages)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         pictures = images if images is not None else [load_image(p) for p in sample.images]
-        image_inputs = self.processor.process_images(pictures, return_tensors="pt") if pictures else None
+        # a SwapVLM processor preprocesses per encoder kind; a source's own processor (eval of a llava) directly
+        process = getattr(self.processor, "process_images", None) or self.processor.image_processor
+        image_inputs = process(pictures, return_tensors="pt") if pictures else None
         ids: list[int] = []
         labels: list[int] = []
         last_image_end = -1

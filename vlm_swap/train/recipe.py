@@ -10,6 +10,7 @@ the value parsed as YAML and type-checked like the file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -161,13 +162,15 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         return [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, path)
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
+    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:  # YAML 1.1 reads "1e-3" as a string
-            return float(value)
+            number = float(value)
         except ValueError:
-            pass
+            number = None
+        if number is not None and not math.isfinite(number):
+            raise RecipeError(f"{path}: expected a finite number, got {value!r}")
+        if number is not None:
+            return number
     if tp in (int, str, bool) and type(value) is tp:
         return value
     raise RecipeError(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
@@ -179,7 +182,7 @@ def from_dict(cls, data: Any, path: str = "recipe"):
         raise RecipeError(f"{path}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(map(_show, set(data) - names))
     if unknown:
         raise RecipeError(f"{path}.{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
     kwargs = {k: _convert(hints[k], v, f"{path}.{k}") for k, v in data.items()}
@@ -189,11 +192,20 @@ def from_dict(cls, data: Any, path: str = "recipe"):
         raise RecipeError(f"{path}: {exc}") from None
 
 
+def _show(key: Any) -> str:
+    """A key as written, or its repr when it holds characters that would break a one-line error."""
+    return str(key) if str(key).isprintable() else repr(key)
+
+
 def _apply_override(data: dict, override: str) -> None:
     key, sep, raw = override.partition("=")
+    shown = _show(key)
     if not sep or not key:
         raise RecipeError(f"--set {override!r}: expected key.path=value")
-    value = yaml.safe_load(raw) if raw else ""
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"--set {shown}: the value is not valid YAML: {str(exc).splitlines()[0]}") from exc
     parts = key.split(".")
     node: Any = data
     for i, part in enumerate(parts):
@@ -204,7 +216,7 @@ def _apply_override(data: dict, override: str) -> None:
             if idx is None and part.isdigit() and int(part) < len(node):
                 idx = int(part)
             if idx is None:
-                raise RecipeError(f"--set {key}: no stage {part!r} (stages: {[s.get('name') for s in node]})")
+                raise RecipeError(f"--set {shown}: no stage {part!r} (stages: {[s.get('name') for s in node]})")
             if last:
                 node[idx] = value
             node = node[idx]
@@ -214,7 +226,7 @@ def _apply_override(data: dict, override: str) -> None:
             else:
                 node = node.setdefault(part, {})
         else:
-            raise RecipeError(f"--set {key}: {where} is not a mapping or list")
+            raise RecipeError(f"--set {shown}: {where} is not a mapping or list")
 
 
 def resolve_recipe_path(name_or_path: str) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from safetensors.torch import load_file
 from transformers.trainer_callback import PrinterCallback
 
 from ..card import write_model_card
+from ..encoders.loading import weight_files
 from ..errors import VlmSwapError
-from ..io import PROVENANCE_NAME, atomic_dir, read_json, write_json
+from ..io import PROVENANCE_NAME, atomic_dir, read_json, write_json, write_text
 from ..llms import LLMS
 from .data import Collator, Encoder, SwapDataset, load_dataset
 from .engine import NonFiniteError, RichProgress, SwapTrainer, newest_checkpoint, trainable_finite, training_arguments
@@ -48,7 +50,11 @@ def _check_run_dir(run: Path, recipe: Recipe, resume: bool) -> None:
     if resume:
         if not stored.is_file():
             raise VlmSwapError(f"nothing to resume in {run}: no {RECIPE_NAME}")
-        if yaml.safe_load(stored.read_text()) != recipe_to_dict(recipe):
+        try:
+            started = yaml.safe_load(stored.read_text())
+        except yaml.YAMLError as exc:
+            raise VlmSwapError(f"{stored} is not valid YAML; the run in {run} cannot be resumed") from exc
+        if started != recipe_to_dict(recipe):
             raise VlmSwapError(f"the recipe differs from the one the run in {run} started with ({stored})")
     elif run.exists() and any(run.iterdir()):
         raise VlmSwapError(f"run directory {run} is not empty; pass --resume to continue it or choose another --out")
@@ -74,15 +80,20 @@ def train(
     report_to: str = "none",
     progress: bool = True,
     console=None,
+    allow_pickle: bool = False,
 ) -> Path:
-    """Run ``recipe`` on the upgraded model in ``model_dir``; return the run directory."""
+    """Run ``recipe`` on the upgraded model in ``model_dir``; return the run directory.
+
+    ``allow_pickle`` lets the model be read from pickle weights (``weights_only``); optimizer, scheduler
+    and RNG states of a resumed checkpoint are always read ``weights_only`` by the Trainer.
+    """
     from ..api import load
 
     spec = load_recipe(recipe, overrides)  # validated before any model is loaded
     run = Path(out).expanduser().absolute()
     if _rank() == 0:
         _check_run_dir(run, spec, resume)
-    model, processor = load(model_dir)
+    model, processor = load(model_dir, allow_pickle=allow_pickle)
     model_path = Path(model.config._name_or_path)
     # validated at the shortest stage length, so every kept sample fits every stage (each stage then
     # truncates text, never image tokens, at its own max_length)
@@ -94,7 +105,7 @@ def train(
     model = wrap(model, plan, seed=spec.stages[0].seed)
     if _rank() == 0:
         run.mkdir(parents=True, exist_ok=True)
-        (run / RECIPE_NAME).write_text(yaml.safe_dump(recipe_to_dict(spec), sort_keys=False))
+        write_text(run / RECIPE_NAME, yaml.safe_dump(recipe_to_dict(spec), sort_keys=False))
     dataset = SwapDataset(samples, encoder)
     collator = Collator(processor.tokenizer.pad_token_id)
     summary = {"model": str(model_path), "data": str(data), "data_report": report.__dict__, "stages": []}
@@ -128,7 +139,14 @@ def train(
             )
             trainer.remove_callback(PrinterCallback)
             checkpoint = newest_checkpoint(stage_dir) if resume else None
-            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            try:
+                result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            except pickle.UnpicklingError as exc:  # the Trainer reads checkpoint states with weights_only=True
+                if checkpoint is None:
+                    raise
+                raise VlmSwapError(
+                    f"refused to resume from {checkpoint}: a state file holds more than tensors (read weights_only)"
+                ) from exc
             if not trainable_finite(model):
                 raise NonFiniteError(
                     f"stage {stage.name!r} ended in a non-finite state; its final weights are not saved"
@@ -228,12 +246,14 @@ def plot_losses(run: Path, recipe: Recipe) -> Path:
     ax.legend()
     fig.tight_layout()
     path = run / "loss.png"
-    fig.savefig(path)
+    tmp = run / f".loss.png.tmp-{os.getpid()}"
+    fig.savefig(tmp, format="png")
     plt.close(fig)
+    os.replace(tmp, path)  # atomic, like every other output
     return path
 
 
-def merge(run: str | Path, out: str | Path, *, force: bool = False) -> Path:
+def merge(run: str | Path, out: str | Path, *, force: bool = False, allow_pickle: bool = False) -> Path:
     """Fold the run's LoRA adapter into its base model; write a full upgraded model to ``out``."""
     from peft import PeftModel
 
@@ -248,7 +268,8 @@ def merge(run: str | Path, out: str | Path, *, force: bool = False) -> Path:
     base = read_json(cfg).get("base_model_name_or_path")
     if not base:
         raise VlmSwapError(f"{cfg} does not name its base model")
-    model, processor = load(base)
+    weight_files(run, allow_pickle=allow_pickle)  # a pickle-only adapter: refused naming --allow-pickle
+    model, processor = load(base, allow_pickle=allow_pickle)
     merged = PeftModel.from_pretrained(model, str(run)).merge_and_unload()
     with atomic_dir(out, force=force) as tmp:
         merged.save_pretrained(tmp)

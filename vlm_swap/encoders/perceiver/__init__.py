@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedConfig
+from transformers import AutoModel, AutoProcessor, PreTrainedConfig
 
 from ...errors import VlmSwapError
 from ..base import EncoderBackend, LoadedEncoder
@@ -56,13 +56,13 @@ def check_family(config: PreTrainedConfig) -> type[PerceiverFamily]:
 
 
 def load_config(source: str, trust_remote_code: bool) -> PreTrainedConfig:
+    """The perceiver's config (remote code refused without the flag); an unreadable one names the families."""
+    from ..loading import load_config as read_config  # upgrade time only: an exported model's code does without it
+
     try:
-        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (ValueError, KeyError, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise VlmSwapError(
-            f"transformers cannot load the perceiver config of {source} ({_supported()}): {first}"
-        ) from exc
+        return read_config(source, trust_remote_code)
+    except VlmSwapError as exc:
+        raise VlmSwapError(f"{exc} (perceiver families {_supported()})") from exc
 
 
 def family_of(args: dict[str, Any]) -> type[PerceiverFamily]:
@@ -116,12 +116,16 @@ class PerceiverEncoder(EncoderBackend):
         return torch.cat([hidden[i, p : p + len(s)] for i, s in enumerate(spans)])  # [sum(span_i), D]
 
     @classmethod
-    def load(cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool) -> LoadedEncoder:
+    def load(
+        cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool, allow_pickle: bool = False
+    ) -> LoadedEncoder:
         from ..loading import load_pretrained  # upgrade time only: an exported model's code does without it
 
         config = load_config(source, trust_remote_code)
         family = check_family(config)
-        model = load_pretrained(AutoModel, source, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = load_pretrained(
+            AutoModel, source, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+        )
         try:
             processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
         except (ImportError, OSError, ValueError) as exc:

@@ -1,0 +1,191 @@
+"""Faults while writing or reading: kill -9 mid-upgrade, corrupted safetensors, unwritable destinations, a full disk.
+
+Each test names the fault it injects. What must hold: a one-line error (no traceback), no half-written
+output, a previous output left intact, and the next run cleaning what a killed run left and succeeding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+import signal
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import vlm_swap
+from vlm_swap.cli import app
+from vlm_swap.errors import VlmSwapError
+
+from .helpers import cli_command
+
+runner = CliRunner()
+
+
+def digest(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def leftovers(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(f".{out.name}.*-*"))
+
+
+def assert_clean_failure(result, *fragments, out: Path):
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    for frag in fragments:
+        assert frag in result.output, result.output
+    assert not out.exists() and not leftovers(out)
+
+
+def upgrade_cmd(source, encoder, out, *extra) -> tuple[list[str], dict]:
+    cmd = [*cli_command(), "upgrade", str(source), "-e", f"hf-vit:{encoder}", "-o", str(out), *extra]
+    return cmd, {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+# ---- kill -9 at deterministic points of `vlm-swap upgrade` ------------------------------------------
+
+
+def _temporary(out: Path) -> Path | None:
+    found = list(out.parent.glob(f".{out.name}.tmp-*"))
+    return found[0] if found else None
+
+
+POINTS = {
+    "temporary created": lambda out: _temporary(out) is not None,
+    "weights written": lambda out: (tmp := _temporary(out)) is not None and any(tmp.glob("*.safetensors")),
+}
+
+
+@pytest.mark.parametrize("point,previous", [("temporary created", False), ("weights written", True)])
+def test_kill_9_during_upgrade_then_the_next_run_succeeds(tmp_path, llava, vit, point, previous):
+    """Fault: SIGKILL of `vlm-swap upgrade` once POINT is reached (with or without a previous output)."""
+    out = tmp_path / "up"
+    before = digest(vlm_swap.upgrade(str(llava()), f"hf-vit:{vit()}", out)) if previous else None
+    cmd, env = upgrade_cmd(llava(), vit("siglip"), out, "--force")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while not POINTS[point](out) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the upgrade ended before it could be killed"
+    assert _temporary(out) is not None  # killed mid-write: its temporary is still there
+    if previous:
+        assert digest(out) == before  # the previous output is intact
+    else:
+        assert not out.exists()  # nothing half-written in its place
+
+    again = vlm_swap.upgrade(str(llava()), f"hf-vit:{vit('siglip')}", out, force=previous)
+    assert not leftovers(out)  # the killed run's temporary was cleaned
+    assert "siglip" in json.loads((again / "config.json").read_text())["encoder_config"]["model_type"]
+
+
+def test_a_kill_between_the_two_renames_of_a_replacement_loses_nothing(tmp_path, llava, vit):
+    """Fault: the state a kill leaves between moving the previous output aside and moving the new one in."""
+    out = vlm_swap.upgrade(str(llava()), f"hf-vit:{vit()}", tmp_path / "up")
+    before = digest(out)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    os.rename(out, out.parent / f".up.old-{dead.pid}-0badf00d")
+    shutil.copytree(out.parent / f".up.old-{dead.pid}-0badf00d", out.parent / f".up.tmp-{dead.pid}-0badf00d")
+    with pytest.raises(VlmSwapError, match="not empty"):  # the previous output is back, so --force is needed
+        vlm_swap.upgrade(str(llava()), f"hf-vit:{vit()}", out)
+    assert digest(out) == before and not leftovers(out)
+
+
+# ---- corrupted safetensors: one line, nothing written -------------------------------------------------
+
+
+def _header(path: Path) -> tuple[dict, bytes]:
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def flip_header_bit(path: Path) -> None:
+    """One bit flipped in the header JSON: the first quote becomes '#'."""
+    data = bytearray(path.read_bytes())
+    data[8 + data[8:].index(b'"')] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def offsets_beyond_file(path: Path) -> None:
+    """A consistent header whose last tensor is one row longer than the bytes the file holds."""
+    header, body = _header(path)
+    name = max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1])
+    info = header[name]
+    row = (info["data_offsets"][1] - info["data_offsets"][0]) // info["shape"][0]
+    info["shape"][0] += 1
+    info["data_offsets"][1] += row
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + body)
+
+
+@pytest.mark.parametrize("part", ["source", "encoder"])
+@pytest.mark.parametrize("corrupt", [truncate, flip_header_bit, offsets_beyond_file], ids=lambda f: f.__name__)
+def test_corrupted_safetensors_fail_in_one_line_and_write_nothing(tmp_path, llava, vit, part, corrupt):
+    src, enc = tmp_path / "src", tmp_path / "enc"
+    shutil.copytree(llava(), src)
+    shutil.copytree(vit(), enc)
+    corrupt((src if part == "source" else enc) / "model.safetensors")
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["upgrade", str(src), "-e", f"hf-vit:{enc}", "-o", str(out)])
+    what = "safetensors" if part == "source" else "could not load"
+    assert_clean_failure(result, what, out=out)
+
+
+# ---- destinations that cannot be written ------------------------------------------------------------
+
+
+def unwritable_destinations(tmp_path: Path) -> list[Path]:
+    """Parents nobody may write to: a read-only dir (not for root, who ignores modes), a file, /proc."""
+    afile = tmp_path / "afile"
+    afile.write_text("a file where a folder should be")
+    places = [afile / "out", Path("/proc/vlm-swap-test/out")]
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        places.append(locked / "out")
+    return places
+
+
+def test_unwritable_destinations_fail_in_one_line(tmp_path, llava, vit):
+    """Fault: the output's parent cannot be written (read-only mode, a file in its place, /proc)."""
+    for out in unwritable_destinations(tmp_path):
+        result = runner.invoke(app, ["upgrade", str(llava()), "-e", f"hf-vit:{vit()}", "-o", str(out)])
+        assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+        assert "cannot write to" in result.output and len(result.output.strip().splitlines()) == 1, result.output
+        assert not out.exists()
+
+
+def _file_size_limit(limit: int):
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write over the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_full_disk_fails_in_one_line_and_keeps_the_previous_output(tmp_path, llava, vit):
+    """Fault: a file-size limit (RLIMIT_FSIZE) smaller than the weights, as a full disk would be."""
+    out = vlm_swap.upgrade(str(llava()), f"hf-vit:{vit()}", tmp_path / "up")
+    before = digest(out)
+    cmd, env = upgrade_cmd(llava(), vit(), out, "--force")
+    limit = (out / "model.safetensors").stat().st_size // 2
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, preexec_fn=_file_size_limit(limit))
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "file too large" in done.stderr and str(out) in done.stderr, done.stderr
+    assert digest(out) == before and not leftovers(out)
