@@ -60,6 +60,15 @@ def vit(zoo_dir):
 
 
 @pytest.fixture(scope="session")
+def vision_lib(zoo_dir):
+    """Tiny ViTs in the timm and open_clip hub layouts: ``vision_lib("timm")``, ``vision_lib("open-clip")``."""
+    from vlm_swap.zoo.vision_libs import build_open_clip, build_timm_vit
+
+    builders = {"timm": build_timm_vit, "open-clip": build_open_clip}
+    return _cached(zoo_dir, lambda out, kind: builders[kind](out), "vision-lib")
+
+
+@pytest.fixture(scope="session")
 def bare_llm(zoo_dir):
     return _cached(zoo_dir, lambda out, family="qwen3": zoo.build_llm(out, family=family), "llm")
 

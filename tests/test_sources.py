@@ -31,7 +31,8 @@ from vlm_swap.sources import SOURCES, open_source
 from .helpers import ask, read_tensors
 
 SOURCE_IDS = ["llava", "llava-next", "llava-original", "qwen2.5-vl"]
-ENCODERS = {"perceiver": "qwen3_vl", "hf-vit": "clip"}
+# a perceiver and a ViT of every kind, on every source
+ENCODERS = {"perceiver": "qwen3_vl", "hf-vit": "clip", "timm": "timm", "open-clip": "open-clip"}
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +48,10 @@ def sources(llava, llava_next, llava_original, perceiver):
 
 @pytest.mark.parametrize("kind", list(ENCODERS))
 @pytest.mark.parametrize("source_id", SOURCE_IDS)
-def test_upgrade_each_source(tmp_path, sources, perceiver, vit, images, source_id, kind):
+def test_upgrade_each_source(tmp_path, sources, perceiver, vit, vision_lib, images, source_id, kind):
     src = sources[source_id]()
-    encoder = perceiver(ENCODERS[kind]) if kind == "perceiver" else vit(ENCODERS[kind])
+    builder = {"perceiver": perceiver, "hf-vit": vit}.get(kind, vision_lib)
+    encoder = builder(ENCODERS[kind])
     assert open_source(str(src), weights=False).adapter.id == source_id
     out = vlm_swap.upgrade(str(src), f"{kind}:{encoder}", tmp_path / "out")
 
