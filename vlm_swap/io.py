@@ -3,26 +3,32 @@
 Every output directory is built in a temporary sibling (``.NAME.tmp-PID-RAND``) and renamed into
 place at the end, so a failure or a kill leaves either the previous output or nothing; stale
 temporaries of dead processes are removed on the next run. Weights are only ever written as
-safetensors, in shards with a standard ``model.safetensors.index.json``.
+safetensors, in shards with a standard ``model.safetensors.index.json``, streamed tensor by
+tensor (``ShardWriter``): memory stays bounded whatever the checkpoint size.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
 import os
 import shutil
+import struct
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from .errors import VlmSwapError
+from .tensor_files import TORCH_TO_ST, FileRange
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
+COPY_CHUNK = 256 * 1024**2  # bytes per copy_file_range / write call (the copy itself stays in the kernel)
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 PROVENANCE_NAME = "vlm_swap.json"
@@ -82,48 +88,149 @@ def atomic_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
         raise
 
 
+#: What an entry writes, in order: tensors (their raw bytes) and byte ranges of other files.
+Piece = torch.Tensor | FileRange
+
+
+@dataclass
+class _Entry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    pieces: Callable[[], Iterable[Piece]]
+
+
 class ShardWriter:
-    """Stream tensors into safetensors shards of at most ``max_bytes`` each (one shard in memory)."""
+    """Write tensors into safetensors shards of at most ``max_bytes`` each, streaming their bytes.
+
+    ``add`` registers an in-memory tensor, ``add_stream`` a tensor produced piece by piece: byte
+    ranges of other files (an unchanged tensor of a source shard) and tensors (e.g. row blocks of
+    a cast). Nothing is written before ``close``: it plans the shard layout from the registered
+    dtypes and shapes, then writes each shard's header followed by its tensor bytes, so no shard
+    is ever held in memory and byte ranges are copied inside the kernel (``copy_file_range``).
+    Files are not fsynced (like ``cp``); ``atomic_dir`` makes the directory appear whole or not.
+    """
 
     def __init__(self, directory: Path, max_bytes: int = DEFAULT_SHARD_BYTES):
         self.directory = Path(directory)
         self.max_bytes = max_bytes
-        self._pending: dict[str, torch.Tensor] = {}
-        self._pending_bytes = 0
-        self._files: list[tuple[Path, list[str]]] = []
+        self._entries: list[_Entry] = []
+        self._names: set[str] = set()
         self.total_bytes = 0
 
+    def add_stream(
+        self, name: str, dtype: torch.dtype, shape: tuple[int, ...], pieces: Callable[[], Iterable[Piece]]
+    ) -> None:
+        """Register ``name``; at write time ``pieces()`` must produce exactly its bytes."""
+        if name in self._names:
+            raise ValueError(f"tensor {name!r} added twice")
+        if dtype not in TORCH_TO_ST:
+            raise VlmSwapError(f"cannot store {name}: safetensors has no name for {dtype}")
+        shape = tuple(int(d) for d in shape)
+        nbytes = math.prod(shape) * dtype.itemsize
+        self._names.add(name)
+        self._entries.append(_Entry(name, TORCH_TO_ST[dtype], shape, nbytes, pieces))
+        self.total_bytes += nbytes
+
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if self._pending and self._pending_bytes + size > self.max_bytes:
-            self._flush()
-        self._pending[name] = tensor.contiguous()
-        self._pending_bytes += size
-        self.total_bytes += size
+        self.add_stream(name, tensor.dtype, tuple(tensor.shape), lambda: (tensor,))
 
-    def _flush(self) -> None:
-        path = self.directory / f".shard-{len(self._files):05d}.safetensors"
-        save_file(self._pending, str(path), metadata={"format": "pt"})
-        self._files.append((path, list(self._pending)))
-        self._pending, self._pending_bytes = {}, 0
+    def _plan(self) -> list[list[_Entry]]:
+        shards: list[list[_Entry]] = [[]]
+        size = 0
+        for e in self._entries:
+            if shards[-1] and size + e.nbytes > self.max_bytes:
+                shards.append([])
+                size = 0
+            shards[-1].append(e)
+            size += e.nbytes
+        return shards
 
-    def close(self) -> list[Path]:
-        if self._pending or not self._files:
-            self._flush()
-        n = len(self._files)
-        if n == 1:
-            final = [self.directory / WEIGHTS_NAME]
-            os.rename(self._files[0][0], final[0])
-            return final
-        weight_map, final = {}, []
-        for i, (path, names) in enumerate(self._files):
-            name = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-            os.rename(path, self.directory / name)
-            final.append(self.directory / name)
-            weight_map.update(dict.fromkeys(names, name))
-        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
-        write_json(self.directory / INDEX_NAME, index)
-        return final
+    def close(self, advance: Callable[[int], object] | None = None) -> list[Path]:
+        """Write the shards (and the index when there are several); ``advance(nbytes)`` after each tensor."""
+        shards = self._plan()
+        n = len(shards)
+        names = [WEIGHTS_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        for name, entries in zip(names, shards, strict=True):
+            _write_shard(self.directory / name, entries, advance)
+        if n > 1:
+            weight_map = {e.name: name for name, entries in zip(names, shards, strict=True) for e in entries}
+            index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+            write_json(self.directory / INDEX_NAME, index)
+        return [self.directory / name for name in names]
+
+
+def _write_shard(path: Path, entries: list[_Entry], advance: Callable[[int], object] | None) -> None:
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for e in entries:
+        header[e.name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [offset, offset + e.nbytes]}
+        offset += e.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, struct.pack("<Q", len(raw)) + raw)
+            for e in entries:
+                written = sum(_write_piece(fd, piece) for piece in e.pieces())
+                if written != e.nbytes:
+                    raise RuntimeError(f"tensor {e.name}: wrote {written} bytes, its header says {e.nbytes}")
+                if advance is not None:
+                    advance(e.nbytes)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise VlmSwapError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view[:COPY_CHUNK]) :]
+
+
+def _write_piece(fd: int, piece: Piece) -> int:
+    if isinstance(piece, FileRange):
+        _copy_range(piece, fd)
+        return piece.nbytes
+    flat = piece.detach().cpu().contiguous().reshape(-1)
+    if flat.numel():
+        _write_all(fd, flat.view(torch.uint8).numpy())
+    return flat.numel() * flat.element_size()
+
+
+def _copy_range(src: FileRange, fd: int) -> None:
+    """Append ``src``'s bytes to ``fd``: in-kernel ``copy_file_range`` where the OS has it, else pread/write."""
+    copy = _kernel_copy if hasattr(os, "copy_file_range") else _pread_write
+    with open(src.path, "rb") as f:
+        sfd, offset, left = f.fileno(), src.offset, src.nbytes
+        while left:
+            try:
+                done = copy(sfd, fd, min(left, COPY_CHUNK), offset)
+            except OSError as exc:  # e.g. a file system that refuses in-kernel copies: copy through a buffer
+                if copy is _pread_write or exc.errno not in _NO_KERNEL_COPY:
+                    raise
+                copy = _pread_write
+                continue
+            if done == 0:
+                raise VlmSwapError(f"corrupted or truncated safetensors file {src.path}: ended while copying")
+            offset += done
+            left -= done
+
+
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF}
+
+
+def _kernel_copy(sfd: int, fd: int, count: int, offset: int) -> int:
+    return os.copy_file_range(sfd, fd, count, offset)
+
+
+def _pread_write(sfd: int, fd: int, count: int, offset: int) -> int:
+    data = os.pread(sfd, min(count, 16 * 1024**2), offset)
+    _write_all(fd, data)
+    return len(data)
 
 
 def write_json(path: Path, data: Any) -> None:

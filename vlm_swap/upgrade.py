@@ -29,9 +29,11 @@ from .errors import VlmSwapError
 from .io import DEFAULT_SHARD_BYTES, PROVENANCE_NAME, ShardWriter, atomic_dir, check_output_dir, write_json
 from .llms import LLMFamily, detect_family
 from .modeling import SwapVLMConfig, SwapVLMProcessor
-from .sources import Source, open_safetensors, open_source
+from .sources import Source, open_source
+from .tensor_files import FileRange, SourceTensor, safetensors_tensors
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ROW_BLOCK_BYTES = 16 * 1024**2  # rows read, cast and written at a time when a tensor changes
 
 
 @dataclass
@@ -167,7 +169,7 @@ def _assemble(
 
     with atomic_dir(out, force=force) as tmp:
         writer = ShardWriter(tmp, max_shard_bytes)
-        out_dtype = _stream_llm(src, text_cfg, writer, new_vocab, new_ids, target_dtype, progress)
+        out_dtype = _stream_llm(src, text_cfg, writer, new_vocab, new_ids, target_dtype)
         enc_module = loaded.module.to(out_dtype)
         for k, v in enc_module.state_dict().items():
             writer.add(f"encoder.{k}", v.detach())
@@ -177,7 +179,9 @@ def _assemble(
         conn = conn.to(out_dtype)
         for k, v in conn.state_dict().items():
             writer.add(f"connector.{k}", v.detach())
-        writer.close()
+        with Progress(transient=True, disable=not progress) as bar:
+            task = bar.add_task("writing weights", total=writer.total_bytes)
+            writer.close(advance=lambda n: bar.advance(task, n))
 
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in plan.feature_tokens()}
         config = SwapVLMConfig(
@@ -234,41 +238,38 @@ def _stream_llm(
     new_vocab: int,
     new_ids: list[int],
     dtype: torch.dtype | None,
-    progress: bool,
 ) -> torch.dtype:
-    """Copy the LLM tensors of ``src`` into ``writer`` as ``language_model.*``; return their dtype."""
+    """Register the LLM tensors of ``src`` in ``writer`` as ``language_model.*``; return their dtype.
+
+    Every shard header is read and checked first, so a corrupt shard fails before a byte is
+    written. Unchanged tensors are registered as byte ranges of the source shards; only cast or
+    grown ones are read, a block of rows at a time, when the writer writes them.
+    """
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(text_cfg)
     names = {n for n, _ in skeleton.named_parameters()} | {n for n, _ in skeleton.named_buffers()}
     grow = {_param_name(skeleton, skeleton.get_input_embeddings())}
     if skeleton.get_output_embeddings() is not None:
         grow.add(_param_name(skeleton, skeleton.get_output_embeddings()))
-    tensors = src.tensors()
+    files = {path: _read_tensors(path) for path in src.weight_files}
     seen, out_dtype = set(), dtype
-    with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task("copying LLM tensors", total=len(tensors))
-        for path in src.weight_files:
-            with open_safetensors(path) as st:
-                for key in st.keys():
-                    bar.advance(task)
-                    part = src.adapter.part_of(key)
-                    if part in ("encoder", "connector"):
-                        continue
-                    llm_key = src.adapter.llm_key(key)
-                    if llm_key is None or llm_key not in names:
-                        raise VlmSwapError(
-                            f"{path.name}: weight {key!r} does not belong to the {src.adapter.id} "
-                            "layout (config/weights mismatch?)"
-                        )
-                    t = st.get_tensor(key)
-                    if out_dtype is None and t.is_floating_point():
-                        out_dtype = t.dtype
-                    if dtype is not None and t.is_floating_point():
-                        t = t.to(dtype)
-                    if llm_key in grow and (new_ids or t.shape[0] != new_vocab):
-                        t = _grow_rows(t, new_vocab, new_ids)
-                    writer.add(f"language_model.{llm_key}", t)
-                    seen.add(llm_key)
+    for path, tensors in files.items():
+        for key, t in tensors.items():
+            part = src.adapter.part_of(key)
+            if part in ("encoder", "connector"):
+                continue
+            llm_key = src.adapter.llm_key(key)
+            if llm_key is None or llm_key not in names:
+                raise VlmSwapError(
+                    f"{path.name}: weight {key!r} does not belong to the {src.adapter.id} "
+                    "layout (config/weights mismatch?)"
+                )
+            floating = t.dtype.is_floating_point
+            if out_dtype is None and floating:
+                out_dtype = t.dtype
+            rows = new_vocab if llm_key in grow and (new_ids or t.shape[0] != new_vocab) else None
+            _add_tensor(writer, f"language_model.{llm_key}", t, dtype if dtype and floating else t.dtype, rows, new_ids)
+            seen.add(llm_key)
     tied = getattr(text_cfg, "tie_word_embeddings", False)
     required = {n for n, _ in skeleton.named_parameters()}  # tied params appear once
     missing = sorted(required - seen - ({_param_name(skeleton, skeleton.get_output_embeddings())} if tied else set()))
@@ -279,6 +280,15 @@ def _stream_llm(
     return out_dtype or torch.float32
 
 
+def _read_tensors(path: Path) -> dict[str, SourceTensor]:
+    """The tensors of one weight file, read lazily.
+
+    Safetensors shards are read through their headers; a reader of another container format
+    returns its loaded tensors wrapped in ``SourceTensor.in_memory`` and streams the same way.
+    """
+    return safetensors_tensors(path)
+
+
 def _param_name(model: torch.nn.Module, module: torch.nn.Module) -> str:
     for name, m in model.named_modules():
         if m is module:
@@ -286,17 +296,50 @@ def _param_name(model: torch.nn.Module, module: torch.nn.Module) -> str:
     raise VlmSwapError("cannot locate the embedding matrix of the LLM")
 
 
-def _grow_rows(weight: torch.Tensor, rows: int, new_ids: list[int]) -> torch.Tensor:
-    """``[V, D] -> [rows, D]``: old rows kept bit-identical, rows of new tokens set to the mean row."""
-    out = torch.zeros((rows, weight.shape[1]), dtype=weight.dtype)
-    n = min(rows, weight.shape[0])
-    out[:n] = weight[:n]
-    mean = weight.float().mean(0).to(weight.dtype)
-    for i in new_ids:
-        out[i] = mean
-    if rows > weight.shape[0]:
-        out[weight.shape[0] :] = mean
-    return out
+def _add_tensor(
+    writer: ShardWriter, name: str, t: SourceTensor, dtype: torch.dtype, rows: int | None, new_ids: list[int]
+) -> None:
+    """Register ``t`` cast to ``dtype``; with ``rows``, resized to ``[rows, ...]`` (see ``_resized``)."""
+    if rows is not None:
+        writer.add_stream(name, dtype, (rows, *t.shape[1:]), lambda: _resized(t, dtype, rows, new_ids))
+    elif dtype == t.dtype and t.raw is not None:  # unchanged and in a file: a raw byte copy
+        writer.add_stream(name, dtype, t.shape, lambda: (t.raw,))
+    else:
+        writer.add_stream(name, dtype, t.shape, lambda: _blocks(t, dtype))
+
+
+def _blocks(t: SourceTensor, dtype: torch.dtype, start: int = 0, stop: int | None = None):
+    """Rows ``[start, stop)`` of ``t`` cast to ``dtype``, ``ROW_BLOCK_BYTES`` at a time (a 0-d tensor whole)."""
+    if not t.shape:
+        yield t.read_rows(0, 1).to(dtype)
+        return
+    step = max(1, ROW_BLOCK_BYTES // max(1, t.row_bytes))
+    stop = t.shape[0] if stop is None else stop
+    for a in range(start, stop, step):
+        yield t.read_rows(a, min(a + step, stop)).to(dtype)
+
+
+def _resized(t: SourceTensor, dtype: torch.dtype, rows: int, new_ids: list[int]):
+    """``[V, D] -> [rows, D]``: old rows kept bit-identical (a byte copy when not cast), rows of new
+    tokens and rows past ``V`` set to the mean row of the source (accumulated in float64)."""
+    v = t.shape[0]
+    keep = min(rows, v)
+    total = torch.zeros(t.shape[1:], dtype=torch.float64)
+    for block in _blocks(t, t.dtype):
+        total += block.double().sum(0)
+    mean = (total / max(v, 1)).to(t.dtype).to(dtype)  # rounded to the source dtype first, as a mean of it
+    start = 0
+    for i in [*sorted({i for i in new_ids if i < keep}), keep]:
+        if start < i and t.raw is not None and dtype == t.dtype:
+            yield FileRange(t.raw.path, t.raw.offset + start * t.row_bytes, (i - start) * t.row_bytes)
+        elif start < i:
+            yield from _blocks(t, dtype, start, i)
+        if i < keep:
+            yield mean[None]
+        start = i + 1
+    step = max(1, ROW_BLOCK_BYTES // max(1, mean.numel() * mean.element_size()))
+    for a in range(keep, rows, step):
+        yield mean.expand(min(step, rows - a), *mean.shape)
 
 
 def _rows_per_image(loaded: LoadedEncoder) -> int:
