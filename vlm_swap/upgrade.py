@@ -326,7 +326,7 @@ def _resized(t: SourceTensor, dtype: torch.dtype, rows: int, new_ids: list[int])
     keep = min(rows, v)
     total = torch.zeros(t.shape[1:], dtype=torch.float64)
     for block in _blocks(t, t.dtype):
-        total += block.double().sum(0)
+        total += block.sum(0, dtype=torch.float64)
     mean = (total / max(v, 1)).to(t.dtype).to(dtype)  # rounded to the source dtype first, as a mean of it
     start = 0
     for i in [*sorted({i for i in new_ids if i < keep}), keep]:
