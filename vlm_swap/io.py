@@ -18,6 +18,7 @@ import shutil
 import struct
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,12 +110,15 @@ class ShardWriter:
     a cast). Nothing is written before ``close``: it plans the shard layout from the registered
     dtypes and shapes, then writes each shard's header followed by its tensor bytes, so no shard
     is ever held in memory and byte ranges are copied inside the kernel (``copy_file_range``).
+    Tensors are written at their planned offsets by up to ``workers`` threads at once (the copies
+    release the GIL).
     Files are not fsynced (like ``cp``); ``atomic_dir`` makes the directory appear whole or not.
     """
 
-    def __init__(self, directory: Path, max_bytes: int = DEFAULT_SHARD_BYTES):
+    def __init__(self, directory: Path, max_bytes: int = DEFAULT_SHARD_BYTES, workers: int | None = None):
         self.directory = Path(directory)
         self.max_bytes = max_bytes
+        self.workers = workers or min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
         self._entries: list[_Entry] = []
         self._names: set[str] = set()
         self.total_bytes = 0
@@ -152,8 +156,24 @@ class ShardWriter:
         shards = self._plan()
         n = len(shards)
         names = [WEIGHTS_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-        for name, entries in zip(names, shards, strict=True):
-            _write_shard(self.directory / name, entries, advance)
+        fds: list[int] = []
+        try:
+            jobs = []
+            for name, entries in zip(names, shards, strict=True):
+                path = self.directory / name
+                fds.append(_open_for_writing(path))
+                offset = _write_header(fds[-1], path, entries)
+                for e in entries:
+                    jobs.append((path, fds[-1], offset, e))
+                    offset += e.nbytes
+            jobs.sort(key=lambda job: -job[3].nbytes)  # the largest first, so that the workers end together
+            with ThreadPoolExecutor(self.workers) as pool:
+                for nbytes in pool.map(_write_entry, jobs):
+                    if advance is not None:
+                        advance(nbytes)
+        finally:
+            for fd in fds:
+                os.close(fd)
         if n > 1:
             weight_map = {e.name: name for name, entries in zip(names, shards, strict=True) for e in entries}
             index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
@@ -161,7 +181,15 @@ class ShardWriter:
         return [self.directory / name for name in names]
 
 
-def _write_shard(path: Path, entries: list[_Entry], advance: Callable[[int], object] | None) -> None:
+def _open_for_writing(path: Path) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as exc:
+        raise VlmSwapError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _write_header(fd: int, path: Path, entries: list[_Entry]) -> int:
+    """Write the safetensors header of ``entries`` (in this order); return where their data starts."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for e in entries:
@@ -169,46 +197,53 @@ def _write_shard(path: Path, entries: list[_Entry], advance: Callable[[int], obj
         offset += e.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    raw = struct.pack("<Q", len(raw)) + raw
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            _write_all(fd, struct.pack("<Q", len(raw)) + raw)
-            for e in entries:
-                written = sum(_write_piece(fd, piece) for piece in e.pieces())
-                if written != e.nbytes:
-                    raise RuntimeError(f"tensor {e.name}: wrote {written} bytes, its header says {e.nbytes}")
-                if advance is not None:
-                    advance(e.nbytes)
-        finally:
-            os.close(fd)
+        _pwrite_all(fd, raw, 0)
     except OSError as exc:
         raise VlmSwapError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return len(raw)
 
 
-def _write_all(fd: int, data) -> None:
+def _write_entry(job: tuple[Path, int, int, _Entry]) -> int:
+    """Write one tensor's pieces at its planned offset (positional writes: tensors go in parallel)."""
+    path, fd, offset, e = job
+    start = offset
+    try:
+        for piece in e.pieces():
+            offset += _write_piece(fd, piece, offset)
+    except OSError as exc:
+        raise VlmSwapError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    if offset - start != e.nbytes:
+        raise RuntimeError(f"tensor {e.name}: wrote {offset - start} bytes, its header says {e.nbytes}")
+    return e.nbytes
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
     view = memoryview(data).cast("B")
     while view:
-        view = view[os.write(fd, view[:COPY_CHUNK]) :]
+        done = os.pwrite(fd, view[:COPY_CHUNK], offset)
+        view, offset = view[done:], offset + done
 
 
-def _write_piece(fd: int, piece: Piece) -> int:
+def _write_piece(fd: int, piece: Piece, offset: int) -> int:
     if isinstance(piece, FileRange):
-        _copy_range(piece, fd)
+        _copy_range(piece, fd, offset)
         return piece.nbytes
     flat = piece.detach().cpu().contiguous().reshape(-1)
     if flat.numel():
-        _write_all(fd, flat.view(torch.uint8).numpy())
+        _pwrite_all(fd, flat.view(torch.uint8).numpy(), offset)
     return flat.numel() * flat.element_size()
 
 
-def _copy_range(src: FileRange, fd: int) -> None:
-    """Append ``src``'s bytes to ``fd``: in-kernel ``copy_file_range`` where the OS has it, else pread/write."""
+def _copy_range(src: FileRange, fd: int, dst: int) -> None:
+    """Copy ``src``'s bytes to offset ``dst`` of ``fd``: in-kernel ``copy_file_range``, else pread/pwrite."""
     copy = _kernel_copy if hasattr(os, "copy_file_range") else _pread_write
     with open(src.path, "rb") as f:
         sfd, offset, left = f.fileno(), src.offset, src.nbytes
         while left:
             try:
-                done = copy(sfd, fd, min(left, COPY_CHUNK), offset)
+                done = copy(sfd, fd, min(left, COPY_CHUNK), offset, dst)
             except OSError as exc:  # e.g. a file system that refuses in-kernel copies: copy through a buffer
                 if copy is _pread_write or exc.errno not in _NO_KERNEL_COPY:
                     raise
@@ -216,20 +251,19 @@ def _copy_range(src: FileRange, fd: int) -> None:
                 continue
             if done == 0:
                 raise VlmSwapError(f"corrupted or truncated safetensors file {src.path}: ended while copying")
-            offset += done
-            left -= done
+            offset, dst, left = offset + done, dst + done, left - done
 
 
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF}
 
 
-def _kernel_copy(sfd: int, fd: int, count: int, offset: int) -> int:
-    return os.copy_file_range(sfd, fd, count, offset)
+def _kernel_copy(sfd: int, fd: int, count: int, offset: int, dst: int) -> int:
+    return os.copy_file_range(sfd, fd, count, offset, dst)
 
 
-def _pread_write(sfd: int, fd: int, count: int, offset: int) -> int:
+def _pread_write(sfd: int, fd: int, count: int, offset: int, dst: int) -> int:
     data = os.pread(sfd, min(count, 16 * 1024**2), offset)
-    _write_all(fd, data)
+    _pwrite_all(fd, data, dst)
     return len(data)
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import copy
 import datetime
 import platform
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -167,9 +169,10 @@ def _assemble(
     text_cfg.pad_token_id = tokenizer.pad_token_id
     target_dtype = DTYPES[dtype]
 
-    with atomic_dir(out, force=force) as tmp:
+    # one worker computes mean rows of grown embeddings while the writer copies the other tensors
+    with atomic_dir(out, force=force) as tmp, ThreadPoolExecutor(1) as pool:
         writer = ShardWriter(tmp, max_shard_bytes)
-        out_dtype = _stream_llm(src, text_cfg, writer, new_vocab, new_ids, target_dtype)
+        out_dtype = _stream_llm(src, text_cfg, writer, new_vocab, new_ids, target_dtype, pool)
         enc_module = loaded.module.to(out_dtype)
         for k, v in enc_module.state_dict().items():
             writer.add(f"encoder.{k}", v.detach())
@@ -238,12 +241,14 @@ def _stream_llm(
     new_vocab: int,
     new_ids: list[int],
     dtype: torch.dtype | None,
+    pool: Executor,
 ) -> torch.dtype:
     """Register the LLM tensors of ``src`` in ``writer`` as ``language_model.*``; return their dtype.
 
     Every shard header is read and checked first, so a corrupt shard fails before a byte is
     written. Unchanged tensors are registered as byte ranges of the source shards; only cast or
-    grown ones are read, a block of rows at a time, when the writer writes them.
+    grown ones are read, a block of rows at a time, when the writer writes them. Grown ones are
+    registered last: their mean rows are computed on ``pool`` while the rest is copied.
     """
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(text_cfg)
@@ -252,7 +257,7 @@ def _stream_llm(
     if skeleton.get_output_embeddings() is not None:
         grow.add(_param_name(skeleton, skeleton.get_output_embeddings()))
     files = {path: _read_tensors(path) for path in src.weight_files}
-    seen, out_dtype = set(), dtype
+    seen, out_dtype, grown = set(), dtype, []
     for path, tensors in files.items():
         for key, t in tensors.items():
             part = src.adapter.part_of(key)
@@ -267,9 +272,14 @@ def _stream_llm(
             floating = t.dtype.is_floating_point
             if out_dtype is None and floating:
                 out_dtype = t.dtype
-            rows = new_vocab if llm_key in grow and (new_ids or t.shape[0] != new_vocab) else None
-            _add_tensor(writer, f"language_model.{llm_key}", t, dtype if dtype and floating else t.dtype, rows, new_ids)
+            name, out = f"language_model.{llm_key}", dtype if dtype and floating else t.dtype
+            if llm_key in grow and (new_ids or t.shape[0] != new_vocab):
+                grown.append((name, t, out, pool.submit(_mean_row, t)))
+            else:
+                _add_tensor(writer, name, t, out)
             seen.add(llm_key)
+    for name, t, out, mean in grown:
+        writer.add_stream(name, out, (new_vocab, *t.shape[1:]), partial(_resized, t, out, new_vocab, new_ids, mean))
     tied = getattr(text_cfg, "tie_word_embeddings", False)
     required = {n for n, _ in skeleton.named_parameters()}  # tied params appear once
     missing = sorted(required - seen - ({_param_name(skeleton, skeleton.get_output_embeddings())} if tied else set()))
@@ -296,13 +306,9 @@ def _param_name(model: torch.nn.Module, module: torch.nn.Module) -> str:
     raise VlmSwapError("cannot locate the embedding matrix of the LLM")
 
 
-def _add_tensor(
-    writer: ShardWriter, name: str, t: SourceTensor, dtype: torch.dtype, rows: int | None, new_ids: list[int]
-) -> None:
-    """Register ``t`` cast to ``dtype``; with ``rows``, resized to ``[rows, ...]`` (see ``_resized``)."""
-    if rows is not None:
-        writer.add_stream(name, dtype, (rows, *t.shape[1:]), lambda: _resized(t, dtype, rows, new_ids))
-    elif dtype == t.dtype and t.raw is not None:  # unchanged and in a file: a raw byte copy
+def _add_tensor(writer: ShardWriter, name: str, t: SourceTensor, dtype: torch.dtype) -> None:
+    """Register ``t`` cast to ``dtype``: a raw byte copy when it is unchanged and lies in a file."""
+    if dtype == t.dtype and t.raw is not None:
         writer.add_stream(name, dtype, t.shape, lambda: (t.raw,))
     else:
         writer.add_stream(name, dtype, t.shape, lambda: _blocks(t, dtype))
@@ -319,15 +325,19 @@ def _blocks(t: SourceTensor, dtype: torch.dtype, start: int = 0, stop: int | Non
         yield t.read_rows(a, min(a + step, stop)).to(dtype)
 
 
-def _resized(t: SourceTensor, dtype: torch.dtype, rows: int, new_ids: list[int]):
-    """``[V, D] -> [rows, D]``: old rows kept bit-identical (a byte copy when not cast), rows of new
-    tokens and rows past ``V`` set to the mean row of the source (accumulated in float64)."""
-    v = t.shape[0]
-    keep = min(rows, v)
+def _mean_row(t: SourceTensor) -> torch.Tensor:
+    """Mean over dim 0 of ``t`` in float64 (float32 within a block of rows, pairwise)."""
     total = torch.zeros(t.shape[1:], dtype=torch.float64)
     for block in _blocks(t, t.dtype):
-        total += block.sum(0, dtype=torch.float64)
-    mean = (total / max(v, 1)).to(t.dtype).to(dtype)  # rounded to the source dtype first, as a mean of it
+        total += block.sum(0, dtype=torch.float32)
+    return total / max(t.shape[0], 1)
+
+
+def _resized(t: SourceTensor, dtype: torch.dtype, rows: int, new_ids: list[int], mean: Future):
+    """``[V, D] -> [rows, D]``: old rows kept bit-identical (a byte copy when not cast), rows of new
+    tokens and rows past ``V`` set to the mean row of the source (``mean``, rounded to its dtype)."""
+    keep = min(rows, t.shape[0])
+    mean = mean.result().to(t.dtype).to(dtype)
     start = 0
     for i in [*sorted({i for i in new_ids if i < keep}), keep]:
         if start < i and t.raw is not None and dtype == t.dtype:
