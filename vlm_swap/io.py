@@ -110,9 +110,9 @@ class ShardWriter:
     a cast). Nothing is written before ``close``: it plans the shard layout from the registered
     dtypes and shapes, then writes each shard's header followed by its tensor bytes, so no shard
     is ever held in memory and byte ranges are copied inside the kernel (``copy_file_range``).
-    Tensors are written at their planned offsets by up to ``workers`` threads at once (the copies
-    release the GIL).
-    Files are not fsynced (like ``cp``); ``atomic_dir`` makes the directory appear whole or not.
+    Tensors are written at their planned offsets, in the order they were registered, by up to
+    ``workers`` threads at once (the copies release the GIL). Files are not fsynced (like ``cp``);
+    ``atomic_dir`` makes the directory appear whole or not at all.
     """
 
     def __init__(self, directory: Path, max_bytes: int = DEFAULT_SHARD_BYTES, workers: int | None = None):
@@ -166,11 +166,14 @@ class ShardWriter:
                 for e in entries:
                     jobs.append((path, fds[-1], offset, e))
                     offset += e.nbytes
-            jobs.sort(key=lambda job: -job[3].nbytes)  # the largest first, so that the workers end together
             with ThreadPoolExecutor(self.workers) as pool:
-                for nbytes in pool.map(_write_entry, jobs):
-                    if advance is not None:
-                        advance(nbytes)
+                try:
+                    for nbytes in pool.map(_write_entry, jobs):
+                        if advance is not None:
+                            advance(nbytes)
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)  # do not start the tensors still queued
+                    raise
         finally:
             for fd in fds:
                 os.close(fd)
