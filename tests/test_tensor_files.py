@@ -187,3 +187,33 @@ def test_sharded_source_cast_and_grown_rows(tmp_path, llava, perceiver):
             mean = t.double().mean(0).float().to(torch.bfloat16).expand(got.shape[0] - t.shape[0], -1)
             torch.testing.assert_close(got[t.shape[0] :], mean, rtol=2**-7, atol=1e-6)  # one bfloat16 step
     assert grown == 2  # embed_tokens and lm_head (llama2 does not tie them)
+
+
+def test_copied_tensors_keep_their_page_offset_and_shards_follow_the_source(tmp_path, llava, vit):
+    src = tmp_path / "src"
+    shutil.copytree(llava(), src)
+    from transformers import LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(src)
+    (src / "model.safetensors").unlink()
+    model.save_pretrained(src, max_shard_size="100KB")
+    out = vlm_swap.upgrade(str(src), f"hf-vit:{vit()}", tmp_path / "o")  # no added token: all LLM bytes copied
+    adapter = SOURCES.get("llava")
+    where = {}
+    for f in sorted(src.glob("model-*.safetensors")):
+        for key, info in read_safetensors_header(f).items():
+            if adapter.part_of(key) == "llm":
+                where["language_model." + adapter.llm_key(key)] = (f.name, info.start)
+    shards = sorted(out.glob("model-*.safetensors"))
+    sources_of = []
+    for f in shards:
+        header = read_safetensors_header(f)
+        assert min(i.start for i in header.values()) % 8 == 0  # data 8-byte aligned
+        copied = [k for k in header if k in where]
+        sources_of.append({where[k][0] for k in copied})
+        for k in copied:
+            assert (header[k].start - where[k][1]) % 4096 == 0, k
+    llm_shards = [s for s in sources_of if s]
+    assert all(len(s) == 1 for s in llm_shards)  # an output shard holds the LLM tensors of one source shard
+    assert len(llm_shards) == len({n for n, _ in where.values()})
+    torch.testing.assert_close(read_tensors(out)["language_model.lm_head.weight"], model.lm_head.weight.detach())

@@ -29,6 +29,7 @@ from .errors import VlmSwapError
 from .tensor_files import TORCH_TO_ST, FileRange
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
+PAGE = 4096
 COPY_CHUNK = 256 * 1024**2  # bytes per copy_file_range / write call (the copy itself stays in the kernel)
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -100,6 +101,7 @@ class _Entry:
     shape: tuple[int, ...]
     nbytes: int
     pieces: Callable[[], Iterable[Piece]]
+    source_offset: int | None  # where its bytes start in the file they are copied from
 
 
 class ShardWriter:
@@ -121,12 +123,22 @@ class ShardWriter:
         self.workers = workers or min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
         self._entries: list[_Entry] = []
         self._names: set[str] = set()
+        self._breaks: set[int] = set()
         self.total_bytes = 0
 
     def add_stream(
-        self, name: str, dtype: torch.dtype, shape: tuple[int, ...], pieces: Callable[[], Iterable[Piece]]
+        self,
+        name: str,
+        dtype: torch.dtype,
+        shape: tuple[int, ...],
+        pieces: Callable[[], Iterable[Piece]],
+        source_offset: int | None = None,
     ) -> None:
-        """Register ``name``; at write time ``pieces()`` must produce exactly its bytes."""
+        """Register ``name``; at write time ``pieces()`` must produce exactly its bytes.
+
+        ``source_offset``: where the bytes start in the file they are copied from, when they are a
+        copy; the shard's header is then padded so that they keep their offset within a page.
+        """
         if name in self._names:
             raise ValueError(f"tensor {name!r} added twice")
         if dtype not in TORCH_TO_ST:
@@ -134,17 +146,21 @@ class ShardWriter:
         shape = tuple(int(d) for d in shape)
         nbytes = math.prod(shape) * dtype.itemsize
         self._names.add(name)
-        self._entries.append(_Entry(name, TORCH_TO_ST[dtype], shape, nbytes, pieces))
+        self._entries.append(_Entry(name, TORCH_TO_ST[dtype], shape, nbytes, pieces, source_offset))
         self.total_bytes += nbytes
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         self.add_stream(name, tensor.dtype, tuple(tensor.shape), lambda: (tensor,))
 
+    def end_shard(self) -> None:
+        """Start a new shard with the next tensor (e.g. to follow the shards of a source)."""
+        self._breaks.add(len(self._entries))
+
     def _plan(self) -> list[list[_Entry]]:
         shards: list[list[_Entry]] = [[]]
         size = 0
-        for e in self._entries:
-            if shards[-1] and size + e.nbytes > self.max_bytes:
+        for i, e in enumerate(self._entries):
+            if shards[-1] and (size + e.nbytes > self.max_bytes or i in self._breaks):
                 shards.append([])
                 size = 0
             shards[-1].append(e)
@@ -159,13 +175,16 @@ class ShardWriter:
         fds: list[int] = []
         try:
             jobs = []
-            for name, entries in zip(names, shards, strict=True):
+            for k, (name, entries) in enumerate(zip(names, shards, strict=True)):
                 path = self.directory / name
                 fds.append(_open_for_writing(path))
                 offset = _write_header(fds[-1], path, entries)
-                for e in entries:
-                    jobs.append((path, fds[-1], offset, e))
+                for i, e in enumerate(entries):
+                    jobs.append(((k == n - 1, i, k), (path, fds[-1], offset, e)))
                     offset += e.nbytes
+            # shards in turn, so that the workers write different files; the last one (which holds the
+            # tensors registered last, e.g. those waiting for a computation) after the others
+            jobs = [job for _, job in sorted(jobs, key=lambda j: j[0])]
             with ThreadPoolExecutor(self.workers) as pool:
                 try:
                     for nbytes in pool.map(_write_entry, jobs):
@@ -199,13 +218,28 @@ def _write_header(fd: int, path: Path, entries: list[_Entry]) -> int:
         header[e.name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [offset, offset + e.nbytes]}
         offset += e.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    raw += b" " * _header_padding(len(raw), entries)
     raw = struct.pack("<Q", len(raw)) + raw
     try:
         _pwrite_all(fd, raw, 0)
     except OSError as exc:
         raise VlmSwapError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return len(raw)
+
+
+def _header_padding(size: int, entries: list[_Entry]) -> int:
+    """Spaces after a JSON header of ``size`` bytes: the data starts 8-byte aligned (as safetensors
+    writes it) and, when the first copied tensor allows it, at the same offset within a page as in its
+    source, so that the in-kernel copies move whole pages as ``cp`` does."""
+    rel = 0
+    for e in entries:
+        if e.source_offset is not None:
+            pad = (e.source_offset - rel - 8 - size) % PAGE
+            if (size + pad) % 8 == 0:
+                return pad
+            break
+        rel += e.nbytes
+    return -size % 8
 
 
 def _write_entry(job: tuple[Path, int, int, _Entry]) -> int:

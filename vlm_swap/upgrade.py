@@ -259,6 +259,7 @@ def _stream_llm(
     files = {path: _read_tensors(path) for path in src.weight_files}
     seen, out_dtype, grown = set(), dtype, []
     for path, tensors in files.items():
+        writer.end_shard()  # output shards follow the source's, so tensor bytes keep their page offsets
         for key, t in tensors.items():
             part = src.adapter.part_of(key)
             if part in ("encoder", "connector"):
@@ -309,7 +310,7 @@ def _param_name(model: torch.nn.Module, module: torch.nn.Module) -> str:
 def _add_tensor(writer: ShardWriter, name: str, t: SourceTensor, dtype: torch.dtype) -> None:
     """Register ``t`` cast to ``dtype``: a raw byte copy when it is unchanged and lies in a file."""
     if dtype == t.dtype and t.raw is not None:
-        writer.add_stream(name, dtype, t.shape, lambda: (t.raw,))
+        writer.add_stream(name, dtype, t.shape, lambda: (t.raw,), source_offset=t.raw.offset)
     else:
         writer.add_stream(name, dtype, t.shape, lambda: _blocks(t, dtype))
 
