@@ -53,6 +53,12 @@ def user_errors():
             raise
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:  # the system refused a read or write the checks above could not foresee
+        if _state["debug"]:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        err.print(f"[bold red]error:[/] {exc.strerror or exc}{where}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err.print("interrupted; outputs left as they were")
         raise typer.Exit(130) from None

@@ -5,7 +5,8 @@ place at the end, so a failure or a kill leaves either the previous output or no
 temporaries of dead processes are removed on the next run. A write that fails for a cause of the
 environment (disk full, file-size limit, quota, permissions, read-only file system), whichever
 writer raised it, becomes one ``VlmSwapError`` line naming the cause and the output. Weights are
-only ever written as safetensors, in shards with a standard ``model.safetensors.index.json``.
+only ever written as safetensors, in shards with a standard ``model.safetensors.index.json``,
+streamed tensor by tensor (``ShardWriter``): memory stays bounded whatever the checkpoint size.
 """
 
 from __future__ import annotations
@@ -13,21 +14,27 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import shutil
+import struct
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import save_file
 
 from .errors import VlmSwapError
+from .tensor_files import TORCH_TO_ST, FileRange
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
+PAGE = 4096
+COPY_CHUNK = 256 * 1024**2  # bytes per copy_file_range / write call (the copy itself stays in the kernel)
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 PROVENANCE_NAME = "vlm_swap.json"
@@ -141,48 +148,223 @@ def atomic_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
         raise
 
 
-class ShardWriter:
-    """Stream tensors into safetensors shards of at most ``max_bytes`` each (one shard in memory)."""
+#: What an entry writes, in order: tensors (their raw bytes) and byte ranges of other files.
+Piece = torch.Tensor | FileRange
 
-    def __init__(self, directory: Path, max_bytes: int = DEFAULT_SHARD_BYTES):
+
+@dataclass
+class _Entry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    pieces: Callable[[], Iterable[Piece]]
+    source_offset: int | None  # where its bytes start in the file they are copied from
+
+
+class ShardWriter:
+    """Write tensors into safetensors shards of at most ``max_bytes`` each, streaming their bytes.
+
+    ``add`` registers an in-memory tensor, ``add_stream`` a tensor produced piece by piece: byte
+    ranges of other files (an unchanged tensor of a source shard) and tensors (e.g. row blocks of
+    a cast). Nothing is written before ``close``: it plans the shard layout from the registered
+    dtypes and shapes, then writes each shard's header followed by its tensor bytes, so no shard
+    is ever held in memory and byte ranges are copied inside the kernel (``copy_file_range``).
+    Tensors are written at their planned offsets, in the order they were registered, by up to
+    ``workers`` threads at once (the copies release the GIL). Files are not fsynced (like ``cp``);
+    ``atomic_dir`` makes the directory appear whole or not at all.
+    """
+
+    def __init__(self, directory: Path, max_bytes: int = DEFAULT_SHARD_BYTES, workers: int | None = None):
         self.directory = Path(directory)
         self.max_bytes = max_bytes
-        self._pending: dict[str, torch.Tensor] = {}
-        self._pending_bytes = 0
-        self._files: list[tuple[Path, list[str]]] = []
+        self.workers = workers or min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+        self._entries: list[_Entry] = []
+        self._names: set[str] = set()
+        self._breaks: set[int] = set()
         self.total_bytes = 0
 
+    def add_stream(
+        self,
+        name: str,
+        dtype: torch.dtype,
+        shape: tuple[int, ...],
+        pieces: Callable[[], Iterable[Piece]],
+        source_offset: int | None = None,
+    ) -> None:
+        """Register ``name``; at write time ``pieces()`` must produce exactly its bytes.
+
+        ``source_offset``: where the bytes start in the file they are copied from, when they are a
+        copy; the shard's header is then padded so that they keep their offset within a page.
+        """
+        if name in self._names:
+            raise ValueError(f"tensor {name!r} added twice")
+        if dtype not in TORCH_TO_ST:
+            raise VlmSwapError(f"cannot store {name}: safetensors has no name for {dtype}")
+        shape = tuple(int(d) for d in shape)
+        nbytes = math.prod(shape) * dtype.itemsize
+        self._names.add(name)
+        self._entries.append(_Entry(name, TORCH_TO_ST[dtype], shape, nbytes, pieces, source_offset))
+        self.total_bytes += nbytes
+
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if self._pending and self._pending_bytes + size > self.max_bytes:
-            self._flush()
-        self._pending[name] = tensor.contiguous()
-        self._pending_bytes += size
-        self.total_bytes += size
+        self.add_stream(name, tensor.dtype, tuple(tensor.shape), lambda: (tensor,))
 
-    def _flush(self) -> None:
-        path = self.directory / f".shard-{len(self._files):05d}.safetensors"
-        save_file(self._pending, str(path), metadata={"format": "pt"})
-        self._files.append((path, list(self._pending)))
-        self._pending, self._pending_bytes = {}, 0
+    def end_shard(self) -> None:
+        """Start a new shard with the next tensor (e.g. to follow the shards of a source)."""
+        self._breaks.add(len(self._entries))
 
-    def close(self) -> list[Path]:
-        if self._pending or not self._files:
-            self._flush()
-        n = len(self._files)
-        if n == 1:
-            final = [self.directory / WEIGHTS_NAME]
-            os.rename(self._files[0][0], final[0])
-            return final
-        weight_map, final = {}, []
-        for i, (path, names) in enumerate(self._files):
-            name = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-            os.rename(path, self.directory / name)
-            final.append(self.directory / name)
-            weight_map.update(dict.fromkeys(names, name))
-        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
-        write_json(self.directory / INDEX_NAME, index)
-        return final
+    def _plan(self) -> list[list[_Entry]]:
+        shards: list[list[_Entry]] = [[]]
+        size = 0
+        for i, e in enumerate(self._entries):
+            if shards[-1] and (size + e.nbytes > self.max_bytes or i in self._breaks):
+                shards.append([])
+                size = 0
+            shards[-1].append(e)
+            size += e.nbytes
+        return shards
+
+    def close(self, advance: Callable[[int], object] | None = None) -> list[Path]:
+        """Write the shards (and the index when there are several); ``advance(nbytes)`` after each tensor."""
+        shards = self._plan()
+        n = len(shards)
+        names = [WEIGHTS_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        fds: list[int] = []
+        try:
+            jobs = []
+            for k, (name, entries) in enumerate(zip(names, shards, strict=True)):
+                path = self.directory / name
+                fds.append(_open_for_writing(path))
+                offset = _write_header(fds[-1], path, entries)
+                for i, e in enumerate(entries):
+                    jobs.append(((k == n - 1, i, k), (path, fds[-1], offset, e)))
+                    offset += e.nbytes
+            # shards in turn, so that the workers write different files; the last one (which holds the
+            # tensors registered last, e.g. those waiting for a computation) after the others
+            jobs = [job for _, job in sorted(jobs, key=lambda j: j[0])]
+            with ThreadPoolExecutor(self.workers) as pool:
+                try:
+                    for nbytes in pool.map(_write_entry, jobs):
+                        if advance is not None:
+                            advance(nbytes)
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)  # do not start the tensors still queued
+                    raise
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if n > 1:
+            weight_map = {e.name: name for name, entries in zip(names, shards, strict=True) for e in entries}
+            index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+            write_json(self.directory / INDEX_NAME, index)
+        return [self.directory / name for name in names]
+
+
+def _failed_write(exc: OSError, path: Path) -> OSError:
+    """The error of a write to ``path``, naming it (``atomic_dir`` turns environment causes into one line)."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
+
+
+def _open_for_writing(path: Path) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as exc:
+        raise _failed_write(exc, path) from exc
+
+
+def _write_header(fd: int, path: Path, entries: list[_Entry]) -> int:
+    """Write the safetensors header of ``entries`` (in this order); return where their data starts."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for e in entries:
+        header[e.name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [offset, offset + e.nbytes]}
+        offset += e.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * _header_padding(len(raw), entries)
+    raw = struct.pack("<Q", len(raw)) + raw
+    try:
+        _pwrite_all(fd, raw, 0)
+    except OSError as exc:
+        raise _failed_write(exc, path) from exc
+    return len(raw)
+
+
+def _header_padding(size: int, entries: list[_Entry]) -> int:
+    """Spaces after a JSON header of ``size`` bytes: the data starts 8-byte aligned (as safetensors
+    writes it) and, when the first copied tensor allows it, at the same offset within a page as in its
+    source, so that the in-kernel copies move whole pages as ``cp`` does."""
+    rel = 0
+    for e in entries:
+        if e.source_offset is not None:
+            pad = (e.source_offset - rel - 8 - size) % PAGE
+            if (size + pad) % 8 == 0:
+                return pad
+            break
+        rel += e.nbytes
+    return -size % 8
+
+
+def _write_entry(job: tuple[Path, int, int, _Entry]) -> int:
+    """Write one tensor's pieces at its planned offset (positional writes: tensors go in parallel)."""
+    path, fd, offset, e = job
+    start = offset
+    try:
+        for piece in e.pieces():
+            offset += _write_piece(fd, piece, offset)
+    except OSError as exc:
+        raise _failed_write(exc, path) from exc
+    if offset - start != e.nbytes:
+        raise RuntimeError(f"tensor {e.name}: wrote {offset - start} bytes, its header says {e.nbytes}")
+    return e.nbytes
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        done = os.pwrite(fd, view[:COPY_CHUNK], offset)
+        view, offset = view[done:], offset + done
+
+
+def _write_piece(fd: int, piece: Piece, offset: int) -> int:
+    if isinstance(piece, FileRange):
+        _copy_range(piece, fd, offset)
+        return piece.nbytes
+    flat = piece.detach().cpu().contiguous().reshape(-1)
+    if flat.numel():
+        _pwrite_all(fd, flat.view(torch.uint8).numpy(), offset)
+    return flat.numel() * flat.element_size()
+
+
+def _copy_range(src: FileRange, fd: int, dst: int) -> None:
+    """Copy ``src``'s bytes to offset ``dst`` of ``fd``: in-kernel ``copy_file_range``, else pread/pwrite."""
+    copy = _kernel_copy if hasattr(os, "copy_file_range") else _pread_write
+    with open(src.path, "rb") as f:
+        sfd, offset, left = f.fileno(), src.offset, src.nbytes
+        while left:
+            try:
+                done = copy(sfd, fd, min(left, COPY_CHUNK), offset, dst)
+            except OSError as exc:  # e.g. a file system that refuses in-kernel copies: copy through a buffer
+                if copy is _pread_write or exc.errno not in _NO_KERNEL_COPY:
+                    raise
+                copy = _pread_write
+                continue
+            if done == 0:
+                raise VlmSwapError(f"corrupted or truncated safetensors file {src.path}: ended while copying")
+            offset, dst, left = offset + done, dst + done, left - done
+
+
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF}
+
+
+def _kernel_copy(sfd: int, fd: int, count: int, offset: int, dst: int) -> int:
+    return os.copy_file_range(sfd, fd, count, offset, dst)
+
+
+def _pread_write(sfd: int, fd: int, count: int, offset: int, dst: int) -> int:
+    data = os.pread(sfd, min(count, 16 * 1024**2), offset)
+    _pwrite_all(fd, data, dst)
+    return len(data)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import copy
 import datetime
 import platform
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,8 +33,10 @@ from .io import DEFAULT_SHARD_BYTES, PROVENANCE_NAME, ShardWriter, atomic_dir, c
 from .llms import LLMFamily, detect_family
 from .modeling import SwapVLMConfig, SwapVLMProcessor
 from .sources import Source, open_source
+from .tensor_files import FileRange, SourceTensor, safetensors_tensors
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ROW_BLOCK_BYTES = 16 * 1024**2  # rows read, cast and written at a time when a tensor changes
 
 
 @dataclass
@@ -190,9 +194,10 @@ def _assemble(
     target_dtype = DTYPES[dtype]
 
     check_llm_shapes(src, text_cfg)  # before anything is written
-    with atomic_dir(out, force=force) as tmp:
+    # one worker computes mean rows of grown embeddings while the writer copies the other tensors
+    with atomic_dir(out, force=force) as tmp, ThreadPoolExecutor(1) as pool:
         writer = ShardWriter(tmp, max_shard_bytes)
-        out_dtype = _stream_llm(src, text_cfg, writer, new_vocab, new_ids, target_dtype, progress)
+        out_dtype = _stream_llm(src, text_cfg, writer, new_vocab, new_ids, target_dtype, pool)
         enc_module = loaded.module.to(out_dtype)
         for k, v in enc_module.state_dict().items():
             writer.add(f"encoder.{k}", v.detach())
@@ -202,7 +207,9 @@ def _assemble(
         conn = conn.to(out_dtype)
         for k, v in conn.state_dict().items():
             writer.add(f"connector.{k}", v.detach())
-        writer.close()
+        with Progress(transient=True, disable=not progress) as bar:
+            task = bar.add_task("writing weights", total=writer.total_bytes)
+            writer.close(advance=lambda n: bar.advance(task, n))
 
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in plan.feature_tokens()}
         config = SwapVLMConfig(
@@ -260,41 +267,46 @@ def _stream_llm(
     new_vocab: int,
     new_ids: list[int],
     dtype: torch.dtype | None,
-    progress: bool,
+    pool: Executor,
 ) -> torch.dtype:
-    """Copy the LLM tensors of ``src`` into ``writer`` as ``language_model.*``; return their dtype."""
+    """Register the LLM tensors of ``src`` in ``writer`` as ``language_model.*``; return their dtype.
+
+    Every shard header is read and checked first, so a corrupt shard fails before a byte is
+    written. Unchanged tensors are registered as byte ranges of the source shards; only cast or
+    grown ones are read, a block of rows at a time, when the writer writes them. Grown ones are
+    registered last: their mean rows are computed on ``pool`` while the rest is copied.
+    """
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(text_cfg)
     names = {n for n, _ in skeleton.named_parameters()} | {n for n, _ in skeleton.named_buffers()}
     grow = {_param_name(skeleton, skeleton.get_input_embeddings())}
     if skeleton.get_output_embeddings() is not None:
         grow.add(_param_name(skeleton, skeleton.get_output_embeddings()))
-    tensors = src.tensors()
-    seen, out_dtype = set(), dtype
-    with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task("copying LLM tensors", total=len(tensors))
-        for path in src.weight_files:
-            with src.open(path) as st:  # safetensors, or pickle read weights_only with allow_pickle
-                for key in st.keys():
-                    bar.advance(task)
-                    part = src.adapter.part_of(key)
-                    if part in ("encoder", "connector"):
-                        continue
-                    llm_key = src.adapter.llm_key(key)
-                    if llm_key is None or llm_key not in names:
-                        raise VlmSwapError(
-                            f"{path.name}: weight {key!r} does not belong to the {src.adapter.id} "
-                            "layout (config/weights mismatch?)"
-                        )
-                    t = st.get_tensor(key)
-                    if out_dtype is None and t.is_floating_point():
-                        out_dtype = t.dtype
-                    if dtype is not None and t.is_floating_point():
-                        t = t.to(dtype)
-                    if llm_key in grow and (new_ids or t.shape[0] != new_vocab):
-                        t = _grow_rows(t, new_vocab, new_ids)
-                    writer.add(f"language_model.{llm_key}", t)
-                    seen.add(llm_key)
+    files = {path: _read_tensors(src, path) for path in src.weight_files}
+    seen, out_dtype, grown = set(), dtype, []
+    for path, tensors in files.items():
+        writer.end_shard()  # output shards follow the source's, so tensor bytes keep their page offsets
+        for key, t in tensors.items():
+            part = src.adapter.part_of(key)
+            if part in ("encoder", "connector"):
+                continue
+            llm_key = src.adapter.llm_key(key)
+            if llm_key is None or llm_key not in names:
+                raise VlmSwapError(
+                    f"{path.name}: weight {key!r} does not belong to the {src.adapter.id} "
+                    "layout (config/weights mismatch?)"
+                )
+            floating = t.dtype.is_floating_point
+            if out_dtype is None and floating:
+                out_dtype = t.dtype
+            name, out = f"language_model.{llm_key}", dtype if dtype and floating else t.dtype
+            if llm_key in grow and (new_ids or t.shape[0] != new_vocab):
+                grown.append((name, t, out, pool.submit(_mean_row, t)))
+            else:
+                _add_tensor(writer, name, t, out)
+            seen.add(llm_key)
+    for name, t, out, mean in grown:
+        writer.add_stream(name, out, (new_vocab, *t.shape[1:]), partial(_resized, t, out, new_vocab, new_ids, mean))
     tied = getattr(text_cfg, "tie_word_embeddings", False)
     required = {n for n, _ in skeleton.named_parameters()}  # tied params appear once
     missing = sorted(required - seen - ({_param_name(skeleton, skeleton.get_output_embeddings())} if tied else set()))
@@ -322,6 +334,15 @@ def check_llm_shapes(src: Source, text_cfg: PreTrainedConfig) -> None:
             )
 
 
+def _read_tensors(src: Source, path: Path) -> dict[str, SourceTensor]:
+    """The tensors of one weight file: a safetensors shard read lazily through its header, or (only with
+    ``allow_pickle``) a pickle file read ``weights_only`` and streamed from memory the same way."""
+    if path.suffix == ".safetensors":
+        return safetensors_tensors(path)
+    with src.open(path) as st:
+        return {key: SourceTensor.in_memory(st.get_tensor(key)) for key in st.keys()}
+
+
 def _param_name(model: torch.nn.Module, module: torch.nn.Module) -> str:
     for name, m in model.named_modules():
         if m is module:
@@ -329,17 +350,50 @@ def _param_name(model: torch.nn.Module, module: torch.nn.Module) -> str:
     raise VlmSwapError("cannot locate the embedding matrix of the LLM")
 
 
-def _grow_rows(weight: torch.Tensor, rows: int, new_ids: list[int]) -> torch.Tensor:
-    """``[V, D] -> [rows, D]``: old rows kept bit-identical, rows of new tokens set to the mean row."""
-    out = torch.zeros((rows, weight.shape[1]), dtype=weight.dtype)
-    n = min(rows, weight.shape[0])
-    out[:n] = weight[:n]
-    mean = weight.float().mean(0).to(weight.dtype)
-    for i in new_ids:
-        out[i] = mean
-    if rows > weight.shape[0]:
-        out[weight.shape[0] :] = mean
-    return out
+def _add_tensor(writer: ShardWriter, name: str, t: SourceTensor, dtype: torch.dtype) -> None:
+    """Register ``t`` cast to ``dtype``: a raw byte copy when it is unchanged and lies in a file."""
+    if dtype == t.dtype and t.raw is not None:
+        writer.add_stream(name, dtype, t.shape, lambda: (t.raw,), source_offset=t.raw.offset)
+    else:
+        writer.add_stream(name, dtype, t.shape, lambda: _blocks(t, dtype))
+
+
+def _blocks(t: SourceTensor, dtype: torch.dtype, start: int = 0, stop: int | None = None):
+    """Rows ``[start, stop)`` of ``t`` cast to ``dtype``, ``ROW_BLOCK_BYTES`` at a time (a 0-d tensor whole)."""
+    if not t.shape:
+        yield t.read_rows(0, 1).to(dtype)
+        return
+    step = max(1, ROW_BLOCK_BYTES // max(1, t.row_bytes))
+    stop = t.shape[0] if stop is None else stop
+    for a in range(start, stop, step):
+        yield t.read_rows(a, min(a + step, stop)).to(dtype)
+
+
+def _mean_row(t: SourceTensor) -> torch.Tensor:
+    """Mean over dim 0 of ``t`` in float64 (float32 within a block of rows, pairwise)."""
+    total = torch.zeros(t.shape[1:], dtype=torch.float64)
+    for block in _blocks(t, t.dtype):
+        total += block.sum(0, dtype=torch.float32)
+    return total / max(t.shape[0], 1)
+
+
+def _resized(t: SourceTensor, dtype: torch.dtype, rows: int, new_ids: list[int], mean: Future):
+    """``[V, D] -> [rows, D]``: old rows kept bit-identical (a byte copy when not cast), rows of new
+    tokens and rows past ``V`` set to the mean row of the source (``mean``, rounded to its dtype)."""
+    keep = min(rows, t.shape[0])
+    mean = mean.result().to(t.dtype).to(dtype)
+    start = 0
+    for i in [*sorted({i for i in new_ids if i < keep}), keep]:
+        if start < i and t.raw is not None and dtype == t.dtype:
+            yield FileRange(t.raw.path, t.raw.offset + start * t.row_bytes, (i - start) * t.row_bytes)
+        elif start < i:
+            yield from _blocks(t, dtype, start, i)
+        if i < keep:
+            yield mean[None]
+        start = i + 1
+    step = max(1, ROW_BLOCK_BYTES // max(1, mean.numel() * mean.element_size()))
+    for a in range(keep, rows, step):
+        yield mean.expand(min(step, rows - a), *mean.shape)
 
 
 def _rows_per_image(loaded: LoadedEncoder) -> int:

@@ -1,0 +1,233 @@
+"""Upgrade speed and memory on a multi-GB source, side by side with ``cp -r`` of the same source.
+
+Builds (once, reused) a random-initialised llava-hf ``LlavaForConditionalGeneration`` with a
+Llama LLM of TinyLlama widths (1.19 B parameters, bfloat16, 2.2 GiB in 5 shards) and a tiny CLIP
+tower, plus a tiny Qwen3-VL perceiver. Then, in one run, ``--runs`` times each and alternating:
+``cp -r SOURCE`` and ``vlm-swap upgrade SOURCE --encoder perceiver:...`` (a subprocess; its
+peak RSS comes from ``wait4``). The source is read once beforehand, so both read it from the
+page cache; ``sync`` runs (untimed) before every timed command, so neither pays for the other's
+write-back. Neither fsyncs its output (``--fsync`` adds ``sync -f``-style fsyncs of the written
+files to both timings). The CLI process reports how long importing vlm_swap took and how long
+the upgrade command took after it; the rest of its wall time is interpreter start and teardown.
+
+Records upgrade_wall_vs_copy (the upgrade command / cp -r), upgrade_process_wall_vs_copy (the
+whole process / cp -r, fixed costs included) and upgrade_peak_rss_vs_checkpoint.
+
+    python bench/bench_upgrade.py [--work /tmp/bench-upgrade] [--runs 3] [--fsync] [--clean]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import record  # noqa: E402
+
+SHARD_BYTES = 500 * 1024**2
+TEXT = dict(  # TinyLlama-1.1B's widths with 24 layers: 1.19 B parameters
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_hidden_layers=24,
+    num_attention_heads=32,
+    num_key_value_heads=4,
+    head_dim=64,
+    vocab_size=32064,
+    max_position_embeddings=2048,
+)
+
+
+def build_source(out: Path) -> Path:
+    """A random-initialised llava-hf checkpoint written shard by shard (never whole in memory)."""
+    import torch
+    import transformers as tf
+    from safetensors.torch import save_file
+
+    from vlm_swap import zoo
+
+    if (out / ".complete").is_file():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    zoo.build_llava(out)  # tiny: tokenizer, processor, chat template and a CLIP tower config
+    for f in out.glob("*.safetensors"):
+        f.unlink()
+    config = tf.AutoConfig.from_pretrained(out)
+    for k, v in TEXT.items():
+        setattr(config.text_config, k, v)
+    config.dtype = config.text_config.dtype = "bfloat16"
+    with torch.device("meta"):
+        meta = tf.LlavaForConditionalGeneration(config)
+    shapes = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    shards, pending, size = [], {}, 0
+    for name, shape in shapes.items():
+        t = torch.empty(shape, dtype=torch.bfloat16).normal_(0, 0.02, generator=gen)
+        if pending and size + t.numel() * 2 > SHARD_BYTES:
+            shards.append(pending)
+            pending, size = {}, 0
+        pending[name] = t
+        size += t.numel() * 2
+        if size >= SHARD_BYTES:
+            shards.append(pending)
+            pending, size = {}, 0
+    if pending:
+        shards.append(pending)
+    n, weight_map, total = len(shards), {}, 0
+    for i, shard in enumerate(shards):  # each shard is freed before the next is made
+        name = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        save_file(shard, str(out / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+        total += sum(t.numel() * 2 for t in shard.values())
+        shards[i] = None
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    config.save_pretrained(out)
+    (out / ".complete").touch()
+    return out
+
+
+def build_perceiver(out: Path) -> Path:
+    from vlm_swap import zoo
+
+    if not (out / "model.safetensors").is_file():
+        zoo.build_perceiver(out)
+    return out
+
+
+def warm(path: Path) -> None:
+    """Read every file once so the timed commands read from the page cache."""
+    for f in sorted(path.rglob("*")):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                while fh.read(64 * 1024**2):
+                    pass
+
+
+# Runs the real `vlm-swap` command line in-process and reports, on stderr, how long importing the
+# package took and how long the command itself took (from after the imports to its exit).
+CLI_DRIVER = """
+import sys, time
+t0 = time.perf_counter()
+import vlm_swap.cli
+t1 = time.perf_counter()
+sys.argv = ["vlm-swap", *sys.argv[1:]]
+try:
+    vlm_swap.cli.main()
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+print(f"VLM_SWAP_TIMES {t1 - t0} {time.perf_counter() - t1}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def timed(cmd: list[str], outputs: Path, fsync: bool) -> tuple[float, int, str]:
+    """Wall seconds of ``cmd`` (plus fsyncs of ``outputs`` when asked), the child's peak RSS (bytes), its stderr."""
+    subprocess.run(["sync"], check=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if fsync:
+        subprocess.run(["sync", "-f", *map(str, sorted(outputs.rglob("*.safetensors")))], check=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}:\n{err}")
+    return wall, usage.ru_maxrss * 1024, err  # Linux reports KiB
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/bench-upgrade"), help="source, perceiver and outputs")
+    ap.add_argument("--runs", type=int, default=3, help="timed runs of each command (the median is kept)")
+    ap.add_argument("--fsync", action="store_true", help="include fsyncs of the written files in both timings")
+    ap.add_argument("--clean", action="store_true", help="delete the work directory at the end")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    src = build_source(args.work / "source")
+    perceiver = build_perceiver(args.work / "perceiver")
+    ckpt = sum(f.stat().st_size for f in src.glob("*.safetensors"))
+    n_shards = len(list(src.glob("*.safetensors")))
+    cp_out, up_out = args.work / "copy", args.work / "upgraded"
+    cli = [sys.executable, "-c", CLI_DRIVER]
+    copy_cmd = ["cp", "-r", str(src), str(cp_out)]
+    upgrade_cmd = [*cli, "upgrade", str(src), "--encoder", f"perceiver:{perceiver}", "--out", str(up_out)]
+    imports_cmd = [sys.executable, "-c", "import vlm_swap.cli, vlm_swap.upgrade"]
+
+    warm(src)
+    warm(perceiver)
+    copies, upgrades, commands, imports, exits, peaks = [], [], [], [], [], []
+    for _ in range(args.runs):
+        for out in (cp_out, up_out):
+            shutil.rmtree(out, ignore_errors=True)
+        copies.append(timed(copy_cmd, cp_out, args.fsync)[0])
+        wall, peak, err = timed(upgrade_cmd, up_out, args.fsync)
+        import_s, command_s = map(float, err.rsplit("VLM_SWAP_TIMES", 1)[1].split())
+        if args.fsync:  # the fsyncs run after the process: count them as the command's
+            command_s = wall - import_s
+        upgrades.append(wall)
+        imports.append(import_s)
+        commands.append(command_s)
+        exits.append(wall - import_s - command_s)  # interpreter start and teardown (torch, transformers)
+        peaks.append(peak)
+    baseline = timed(imports_cmd, args.work, False)[1]  # peak RSS of the imports alone
+    out_bytes = sum(f.stat().st_size for f in up_out.glob("*.safetensors"))
+    for out in (cp_out, up_out):
+        shutil.rmtree(out, ignore_errors=True)
+
+    med = statistics.median
+    copy_s, upgrade_s, command_s, import_s, peak = med(copies), med(upgrades), med(commands), med(imports), max(peaks)
+    # ratios of the runs taken back to back, then their median: drift of a busy machine cancels out
+    vs_copy = med(c / p for c, p in zip(commands, copies, strict=True))
+    cli_vs_copy = med(u / p for u, p in zip(upgrades, copies, strict=True))
+    gib = 1024**3
+    print(f"source: {ckpt / gib:.2f} GiB in {n_shards} shards (bfloat16); output {out_bytes / gib:.2f} GiB")
+    print(f"{'':36}{'median s':>9}  runs")
+    for label, times in (
+        ("cp -r", copies),
+        ("vlm-swap upgrade, whole process", upgrades),
+        ("  importing vlm_swap (fixed cost)", imports),
+        ("  the upgrade command", commands),
+        ("  interpreter start and exit", exits),
+    ):
+        print(f"{label:36}{med(times):>9.2f}  {', '.join(f'{t:.2f}' for t in times)}")
+    print(f"peak RSS of upgrade {peak / 2**20:.0f} MiB; of importing vlm_swap alone {baseline / 2**20:.0f} MiB")
+    common = dict(checkpoint_bytes=ckpt, shards=n_shards, runs=args.runs, copy_s=round(copy_s, 3))
+    common["writes"] = "fsynced" if args.fsync else "page cache (no fsync), source read from the page cache"
+    record(
+        "upgrade_wall_vs_copy",
+        round(vs_copy, 3),
+        goal="<= 1.5",
+        upgrade_s=round(command_s, 3),
+        import_s=round(import_s, 3),
+        exit_s=round(med(exits), 3),
+        note="the upgrade command, timed inside the CLI process from the end of `import vlm_swap` to its return",
+        **common,
+    )
+    record("upgrade_process_wall_vs_copy", round(cli_vs_copy, 3), process_s=round(upgrade_s, 3), **common)
+    record(
+        "upgrade_peak_rss_vs_checkpoint",
+        round(peak / ckpt, 3),
+        goal="<= 0.6",
+        peak_rss_bytes=peak,
+        import_rss_bytes=baseline,
+        checkpoint_bytes=ckpt,
+    )
+    if args.clean:
+        shutil.rmtree(args.work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
