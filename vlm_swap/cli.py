@@ -411,7 +411,10 @@ def export(
 def demo(
     out_dir: Path = typer.Option(Path("vlm-swap-demo"), "--out", "-o", help="Where the demo writes its models."),
 ) -> None:
-    """Run inspect -> pairs -> upgrade -> generate on the embedded tiny models (offline, < 1 minute)."""
+    """Inspect, pair, upgrade, evaluate, align (tiny-cpu), evaluate and generate on the embedded tiny models.
+
+    Offline; about 2 minutes on two CPU cores.
+    """
     from .demo import run_demo
 
     with user_errors():
