@@ -131,11 +131,13 @@ def test_export_llava_and_remote_code_load_without_vlm_swap(tmp_path, llava, vit
         }
 
     # remote code: a perceiver, and SigLIP2 NaFlex (which --format llava refuses)
-    for name, spec in (("perc", f"perceiver:{perceiver('qwen3_vl')}"), ("siglip2", f"hf-vit:{vit('siglip2')}")):
+    families = ("qwen3_vl", "idefics3", "llava_onevision", "gemma3")  # every perceiver family module is vendored
+    specs = [(f"perc-{f}", f"perceiver:{perceiver(f)}") for f in families] + [("siglip2", f"hf-vit:{vit('siglip2')}")]
+    for name, spec in specs:
         up = vlm_swap.upgrade(str(llava("llama2", "clip")), spec, tmp_path / f"up-{name}")
         out = export(up, "remote-code", tmp_path / f"rc-{name}")
         assert not any("vlm_swap" in line for line in (out / "modeling_swap_vlm.py").read_text().splitlines()[1:])
-        backend = "encoders_perceiver" if name == "perc" else "encoders_hf_vit"
+        backend = "encoders_perceiver" if name.startswith("perc") else "encoders_hf_vit"
         vendored = {p.stem for p in out.glob("encoders_*.py")} - {"encoders_base"}
         assert backend in vendored and all(s.startswith(backend) for s in vendored), vendored  # only this backend
         job, ref, ids = make_job(tmp_path, name, up, out, True, images[1])
