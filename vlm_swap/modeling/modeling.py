@@ -3,7 +3,8 @@
 The LLM is a plain transformers causal LM kept whole (``language_model``), so its weights,
 cache, attention implementation and generation behave as they do alone. Encoder rows
 ``[R, D_enc]`` go through the connector to ``[R, D_llm]`` and replace, in order, the input
-embeddings at the placeholder positions (``feature_token_ids``).
+embeddings at the placeholder positions (``feature_token_ids``). ``forward`` also takes those
+encoder rows precomputed (``image_features``), so a frozen encoder's output can be reused.
 """
 
 from __future__ import annotations
@@ -57,10 +58,10 @@ class SwapVLMForConditionalGeneration(SwapVLMPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_output_embeddings(value)
 
-    def get_image_features(self, **image_inputs) -> torch.Tensor:
-        """Encoder rows through the connector: ``[R, D_llm]``."""
-        feats = self.encoder(**image_inputs)  # [R, D_enc]
-        return self.connector(feats.to(next(self.connector.parameters()).dtype))
+    def get_image_features(self, image_features: torch.Tensor | None = None, **image_inputs) -> torch.Tensor:
+        """Encoder rows (computed here, or given as ``image_features`` ``[R, D_enc]``) through the connector."""
+        feats = self.encoder(**image_inputs) if image_features is None else image_features  # [R, D_enc]
+        return self.connector(feats.to(next(self.connector.parameters()).dtype))  # [R, D_llm]
 
     def placeholder_mask(self, input_ids: torch.Tensor, n_rows: int) -> torch.Tensor:
         ids = torch.tensor(self.config.feature_token_ids, device=input_ids.device)
@@ -91,6 +92,7 @@ class SwapVLMForConditionalGeneration(SwapVLMPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        image_features: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         # the encoder's other inputs (image_grid_thw, pixel_attention_mask, ...) never reach the LLM
@@ -99,10 +101,14 @@ class SwapVLMForConditionalGeneration(SwapVLMPreTrainedModel, GenerationMixin):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)  # [B, L, D_llm]
-        if pixel_values is not None:
+        if pixel_values is not None or image_features is not None:
             if input_ids is None:
                 raise ValueError("images need input_ids to find their placeholder positions")
-            feats = self.get_image_features(pixel_values=pixel_values, **image_inputs)  # [R, D_llm]
+            if image_features is None:
+                image_inputs["pixel_values"] = pixel_values
+            else:  # encoder rows [R, D_enc] computed earlier (a frozen encoder's): the pixel inputs are not used
+                image_inputs = {}
+            feats = self.get_image_features(image_features, **image_inputs)  # [R, D_llm]
             mask = self.placeholder_mask(input_ids, feats.shape[0])
             inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), feats.to(inputs_embeds.dtype))
         return self.language_model(

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import VlmSwapError
 from ..images import load_image
+from .features import content_key
 
 IGNORE = -100
 ROLE_OF = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -37,6 +38,7 @@ class Sample:
     line: int
     messages: list[dict]  # role + content list of {"type": "image"} / {"type": "text", "text": ...}
     images: list[Path]
+    length: int = 0  # tokens once encoded (at validation), for length-grouped batches
 
 
 @dataclass
@@ -282,7 +284,7 @@ def load_dataset(
         try:
             messages, paths = parse_row(row, images_dir, max_images)
             sample = Sample(lineno, messages, paths)
-            encoder(sample)
+            sample.length = len(encoder(sample)["input_ids"])
         except TooLong:
             report.too_long.append(lineno)
             continue
@@ -308,15 +310,24 @@ class SwapDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def lengths(self) -> list[int]:
+        return [s.length for s in self.samples]
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return self.encoder(self.samples[i])
 
 
 class Collator:
-    """Right-pads text, concatenates image tensors along dim 0 in sample order."""
+    """Right-pads text, concatenates image tensors along dim 0 in sample order.
 
-    def __init__(self, pad_token_id: int):
+    With ``feature_keys`` on, the batch also holds ``feature_keys``: per sample, the content hash of its
+    image tensors (None without images), the key of the frozen-encoder feature cache.
+    """
+
+    def __init__(self, pad_token_id: int, feature_keys: bool = False):
         self.pad_token_id = pad_token_id
+        self.feature_keys = feature_keys
 
     def __call__(self, features: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         width = max(f["input_ids"].shape[0] for f in features)
@@ -334,4 +345,17 @@ class Collator:
         for key in image_keys:
             parts = [f[key] for f in features if key in f]
             batch[key] = torch.cat(parts, dim=0)
+        if self.feature_keys:
+            images = [{k: f[k] for k in image_keys if k in f} for f in features]
+            batch["feature_keys"] = [content_key(im) if im else None for im in images]
         return batch
+
+
+def padding_fraction(batches) -> float:
+    """Pad tokens / all tokens over collated batches (their ``attention_mask``)."""
+    pad = total = 0
+    for batch in batches:
+        mask = batch["attention_mask"]
+        pad += int((mask == 0).sum())
+        total += mask.numel()
+    return pad / total if total else 0.0

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from ..errors import VlmSwapError
+from .features import FeatureCache
 from .plan import component_of
 from .recipe import COMPONENTS, Stage
 
@@ -80,12 +82,30 @@ class SwapTrainer(Trainer):
     """The HF Trainer with one optimizer parameter group per component (its own lr), decay-aware,
     and a numerical guard: a step whose gradients are not finite is skipped (no update, moments
     untouched); after ``stage.max_bad_steps`` of them training stops; a non-finite model is never
-    saved."""
+    saved. Optionally it reuses a frozen encoder's features (``feature_cache``) and batches samples
+    of similar length (``stage.group_by_length``)."""
 
-    def __init__(self, *args, stage: Stage, **kwargs):
+    def __init__(self, *args, stage: Stage, feature_cache: FeatureCache | None = None, **kwargs):
         self.stage = stage
         self.bad_steps = 0
+        self.feature_cache = feature_cache
         super().__init__(*args, **kwargs)
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        keys = inputs.pop("feature_keys", None)
+        if keys is None or self.feature_cache is None:
+            return super().compute_loss(model, inputs, *args, **kwargs)
+        return self.feature_cache.run(
+            keys, inputs, lambda batch: super(SwapTrainer, self).compute_loss(model, batch, *args, **kwargs)
+        )
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        lengths = getattr(dataset, "lengths", None)
+        if not self.stage.group_by_length or lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        # lengths known from validation: the Trainer's own fallback would encode every sample once more
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=lengths)
 
     def _guard(self, optimizer: torch.optim.Optimizer) -> None:
         inner = optimizer.step

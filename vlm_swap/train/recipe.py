@@ -96,6 +96,8 @@ class Stage:
     logging_steps: int = _help("log every N steps", 10)
     seed: int = _help("random seed", 42)
     max_bad_steps: int = _help("steps with a non-finite loss/gradient (skipped) before training stops", 5)
+    cache_features: bool = _help("when the encoder is frozen, compute each image's features once and reuse them", True)
+    group_by_length: bool = _help("batch samples of similar token length together (less padding)", False)
 
     def __post_init__(self):
         if (self.steps is None) == (self.epochs is None):
@@ -130,10 +132,13 @@ class Recipe:
     name: str = _help("recipe name", "recipe")
     description: str = _help("what the recipe is for", "")
     stages: list[Stage] = _help("the stages, run in order", factory=list)
+    feature_cache_mb: int = _help("memory bound of the frozen-encoder feature cache, in MiB (shared by stages)", 4096)
 
     def __post_init__(self):
         if not self.stages:
             raise RecipeError("a recipe needs at least one stage")
+        if self.feature_cache_mb < 0:
+            raise RecipeError("feature_cache_mb must be >= 0")
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise RecipeError(f"stage names must be unique, got {names}")

@@ -29,6 +29,7 @@ from ..io import PROVENANCE_NAME, atomic_dir, read_json, write_json, write_text
 from ..llms import LLMS
 from .data import Collator, Encoder, SwapDataset, load_dataset
 from .engine import NonFiniteError, RichProgress, SwapTrainer, newest_checkpoint, trainable_finite, training_arguments
+from .features import FeatureCache
 from .plan import apply_stage, run_plan, wrap
 from .recipe import Recipe, load_recipe, recipe_to_dict
 
@@ -81,11 +82,13 @@ def train(
     progress: bool = True,
     console=None,
     allow_pickle: bool = False,
+    callbacks: list | tuple = (),
 ) -> Path:
     """Run ``recipe`` on the upgraded model in ``model_dir``; return the run directory.
 
     ``allow_pickle`` lets the model be read from pickle weights (``weights_only``); optimizer, scheduler
     and RNG states of a resumed checkpoint are always read ``weights_only`` by the Trainer.
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects given to every stage's Trainer.
     """
     from ..api import load
 
@@ -108,6 +111,7 @@ def train(
         write_text(run / RECIPE_NAME, yaml.safe_dump(recipe_to_dict(spec), sort_keys=False))
     dataset = SwapDataset(samples, encoder)
     collator = Collator(processor.tokenizer.pad_token_id)
+    cache = FeatureCache(spec.feature_cache_mb * 2**20)
     summary = {"model": str(model_path), "data": str(data), "data_report": report.__dict__, "stages": []}
 
     columns = [
@@ -127,6 +131,10 @@ def train(
                 summary["stages"].append({"name": stage.name, "trainable": counts, "skipped": "finished earlier"})
                 continue
             encoder.max_length = stage.max_length
+            cached = uses_feature_cache(spec, stage)
+            collator.feature_keys = cached
+            if cached:
+                cache.bind(model)
             args = training_arguments(stage, stage_dir, report_to=report_to, eval_enabled=False)
             label = f"stage {i + 1}/{len(spec.stages)} {stage.name}"
             trainer = SwapTrainer(
@@ -135,7 +143,8 @@ def train(
                 train_dataset=dataset,
                 data_collator=collator,
                 stage=stage,
-                callbacks=[RichProgress(bar, label)],
+                feature_cache=cache if cached else None,
+                callbacks=[RichProgress(bar, label), *callbacks],
             )
             trainer.remove_callback(PrinterCallback)
             checkpoint = newest_checkpoint(stage_dir) if resume else None
@@ -165,6 +174,7 @@ def train(
                     "steps": trainer.state.global_step,
                     "train_loss": result.training_loss,
                     "resumed_from": str(checkpoint or ""),
+                    **({"feature_cache": cache.stats()} if cached else {}),
                 }
             )
     if _rank() == 0:
@@ -174,6 +184,11 @@ def train(
         write_model_card(run, run=run)
         plot_losses(run, spec)
     return run
+
+
+def uses_feature_cache(recipe: Recipe, stage) -> bool:
+    """A stage reuses encoder features when it keeps the encoder frozen and the recipe allows it."""
+    return stage.cache_features and stage.encoder.mode == "frozen" and recipe.feature_cache_mb > 0
 
 
 def _load_trained_state(model: torch.nn.Module, final: Path) -> None:
