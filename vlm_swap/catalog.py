@@ -83,8 +83,9 @@ def _qwen3(hidden, inter, layers, heads, tie) -> dict:
     )
 
 
-def _llava15(text: dict) -> dict:
-    vision = dict(
+def _clip_l14_336() -> dict:
+    """openai/clip-vit-large-patch14-336's vision tower (LLaVA-1.5's, and a catalog ViT)."""
+    return dict(
         model_type="clip_vision_model",
         hidden_size=1024,
         intermediate_size=4096,
@@ -94,6 +95,10 @@ def _llava15(text: dict) -> dict:
         patch_size=14,
         projection_dim=768,
     )
+
+
+def _llava15(text: dict) -> dict:
+    vision = _clip_l14_336()
     return dict(model_type="llava", vision_config=vision, text_config=text, image_token_index=32000)
 
 

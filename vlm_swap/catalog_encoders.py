@@ -8,7 +8,7 @@ boundary rows; ViTs at their own resolution.
 
 from __future__ import annotations
 
-from .catalog import CatalogEntry, _llama
+from .catalog import CatalogEntry, _clip_l14_336, _llama
 
 
 def _siglip_so400m(image_size: int = 384, model_type: str = "siglip_vision_model") -> dict:
@@ -134,19 +134,6 @@ def _gemma3_4b() -> dict:
     vision = {**_siglip_so400m(896), "vision_use_head": False}
     vision.pop("model_type")
     return dict(model_type="gemma3", text_config=text, vision_config=vision, mm_tokens_per_image=256)
-
-
-def _clip_l14_336() -> dict:
-    return dict(
-        model_type="clip_vision_model",
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-        projection_dim=768,
-    )
 
 
 ENCODER_ENTRIES = (

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer, GenerationConfig, PreTrainedConfig
+from transformers.initialization import no_init_weights
 
 from . import __version__
 from .card import write_model_card
@@ -193,11 +194,12 @@ def _assemble(
     text_cfg.pad_token_id = tokenizer.pad_token_id
     target_dtype = DTYPES[dtype]
 
-    check_llm_shapes(src, text_cfg)  # before anything is written
+    skeleton = llm_skeleton(text_cfg)
+    check_llm_shapes(src, skeleton)  # before anything is written
     # one worker computes mean rows of grown embeddings while the writer copies the other tensors
     with atomic_dir(out, force=force) as tmp, ThreadPoolExecutor(1) as pool:
         writer = ShardWriter(tmp, max_shard_bytes)
-        out_dtype = _stream_llm(src, text_cfg, writer, new_vocab, new_ids, target_dtype, pool)
+        out_dtype = _stream_llm(src, skeleton, writer, new_vocab, new_ids, target_dtype, pool)
         enc_module = loaded.module.to(out_dtype)
         for k, v in enc_module.state_dict().items():
             writer.add(f"encoder.{k}", v.detach())
@@ -262,7 +264,7 @@ def _assemble(
 
 def _stream_llm(
     src: Source,
-    text_cfg: PreTrainedConfig,
+    skeleton: torch.nn.Module,
     writer: ShardWriter,
     new_vocab: int,
     new_ids: list[int],
@@ -276,8 +278,6 @@ def _stream_llm(
     grown ones are read, a block of rows at a time, when the writer writes them. Grown ones are
     registered last: their mean rows are computed on ``pool`` while the rest is copied.
     """
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(text_cfg)
     names = {n for n, _ in skeleton.named_parameters()} | {n for n, _ in skeleton.named_buffers()}
     grow = {_param_name(skeleton, skeleton.get_input_embeddings())}
     if skeleton.get_output_embeddings() is not None:
@@ -307,7 +307,7 @@ def _stream_llm(
             seen.add(llm_key)
     for name, t, out, mean in grown:
         writer.add_stream(name, out, (new_vocab, *t.shape[1:]), partial(_resized, t, out, new_vocab, new_ids, mean))
-    tied = getattr(text_cfg, "tie_word_embeddings", False)
+    tied = getattr(skeleton.config, "tie_word_embeddings", False)
     required = {n for n, _ in skeleton.named_parameters()}  # tied params appear once
     missing = sorted(required - seen - ({_param_name(skeleton, skeleton.get_output_embeddings())} if tied else set()))
     if missing:
@@ -317,10 +317,14 @@ def _stream_llm(
     return out_dtype or torch.float32
 
 
-def check_llm_shapes(src: Source, text_cfg: PreTrainedConfig) -> None:
+def llm_skeleton(text_cfg: PreTrainedConfig) -> torch.nn.Module:
+    """The causal LM of ``text_cfg`` on the meta device (no memory, no initialisation): names and shapes."""
+    with torch.device("meta"), no_init_weights():
+        return AutoModelForCausalLM.from_config(text_cfg)
+
+
+def check_llm_shapes(src: Source, skeleton: torch.nn.Module) -> None:
     """Every LLM weight of the source has the shape its config implies (embedding rows may differ: resized)."""
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(text_cfg)
     expected = {n: tuple(t.shape) for n, t in skeleton.state_dict().items()}
     embeddings = (skeleton.get_input_embeddings(), skeleton.get_output_embeddings())
     resized = {_param_name(skeleton, m) for m in embeddings if m is not None}

@@ -25,12 +25,14 @@ LLM_STYLE = {
     "gemma2": "gemma2",
     "gemma3": "gemma3",
 }
+#: the widths of every tiny vision tower of the zoo
+TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 CLIP_MEAN, CLIP_STD = [0.4815, 0.4578, 0.4082], [0.2686, 0.2613, 0.2758]
 
 
-def text_config(family: str, tokenizer, **overrides) -> tf.PreTrainedConfig:
-    """A tiny causal-LM config of ``family`` sized to ``tokenizer``."""
-    common = dict(
+def tiny_text_sizes(tokenizer) -> dict:
+    """The widths every tiny LLM of the zoo shares (a bare LLM or the LM of a small VLM)."""
+    return dict(
         vocab_size=len(tokenizer),
         hidden_size=HIDDEN,
         intermediate_size=2 * HIDDEN,
@@ -38,6 +40,13 @@ def text_config(family: str, tokenizer, **overrides) -> tf.PreTrainedConfig:
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=2048,
+    )
+
+
+def text_config(family: str, tokenizer, **overrides) -> tf.PreTrainedConfig:
+    """A tiny causal-LM config of ``family`` sized to ``tokenizer``."""
+    common = dict(
+        **tiny_text_sizes(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -64,9 +73,8 @@ def text_config(family: str, tokenizer, **overrides) -> tf.PreTrainedConfig:
 
 def vision_parts(kind: str, image_size: int = 64, patch: int = 16):
     """(vision config, image processor) of a tiny CLIP / SigLIP / SigLIP2 tower."""
-    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     if kind == "clip":
-        cfg = tf.CLIPVisionConfig(image_size=image_size, patch_size=patch, projection_dim=32, **tower)
+        cfg = tf.CLIPVisionConfig(image_size=image_size, patch_size=patch, projection_dim=32, **TOWER)
         proc = tf.CLIPImageProcessor(  # resized without a crop, so shapes on the left and right stay in view
             size={"height": image_size, "width": image_size},
             do_center_crop=False,
@@ -74,10 +82,10 @@ def vision_parts(kind: str, image_size: int = 64, patch: int = 16):
             image_std=CLIP_STD,
         )
     elif kind == "siglip":
-        cfg = tf.SiglipVisionConfig(image_size=image_size, patch_size=patch, **tower)
+        cfg = tf.SiglipVisionConfig(image_size=image_size, patch_size=patch, **TOWER)
         proc = tf.SiglipImageProcessor(size={"height": image_size, "width": image_size})
     elif kind == "siglip2":
-        cfg = tf.Siglip2VisionConfig(patch_size=patch, num_patches=(image_size // patch) ** 2, **tower)
+        cfg = tf.Siglip2VisionConfig(patch_size=patch, num_patches=(image_size // patch) ** 2, **TOWER)
         proc = tf.Siglip2ImageProcessor(patch_size=patch, max_num_patches=(image_size // patch) ** 2)
     else:
         raise ValueError(f"no tiny vision tower of kind {kind!r}")

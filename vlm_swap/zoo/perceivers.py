@@ -14,11 +14,10 @@ from pathlib import Path
 import torch
 import transformers as tf
 
-from .models import CLIP_MEAN, CLIP_STD, HIDDEN, _save, text_config
+from .models import CLIP_MEAN, CLIP_STD, HIDDEN, TOWER, _save, text_config, tiny_text_sizes
 from .tokenizers import GEMMA3_MM_TEMPLATE, ONEVISION_TEMPLATE, QWEN_TEMPLATE, make_tokenizer
 
 PERCEIVER_BUILD_FAMILIES = ("qwen3_vl", "qwen2_5_vl", "qwen2_vl", "idefics3", "llava_onevision", "gemma3")
-TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 
 
 def build_perceiver(out: Path, *, family: str = "qwen3_vl", seed: int = 0) -> Path:
@@ -47,13 +46,7 @@ def _qwen(family: str):
         "vision_end_token_id": tok.convert_tokens_to_ids("<|vision_end|>"),
     }
     text = dict(
-        vocab_size=len(tok),
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
+        **tiny_text_sizes(tok),
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]},
         bos_token_id=None,
         eos_token_id=tok.eos_token_id,
