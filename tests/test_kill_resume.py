@@ -71,11 +71,15 @@ def test_kill_then_resume_matches_an_uninterrupted_run(tmp_path, llava, perceive
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (tmp_path / "killed" / "adapter_model.safetensors").exists()
+    # checkpoints are renamed into place whole: whatever the kill interrupted is only a hidden temporary
+    for ckpt in (tmp_path / "killed" / "stage-1-align").glob("checkpoint-*"):
+        assert all((ckpt / f).is_file() for f in ("trainer_state.json", "optimizer.pt", "scheduler.pt")), ckpt
 
     cmd, env = _train(up, data, tmp_path / "killed", "--resume")
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
 
+    assert not list((tmp_path / "killed").rglob(".checkpoint-*.tmp"))  # the resumed run replaced the temporary
     full = json.loads((tmp_path / "full" / "run.json").read_text())
     resumed = json.loads((tmp_path / "killed" / "run.json").read_text())
     assert resumed["stages"][0]["resumed_from"]  # stage 1 continued from a checkpoint, not from scratch

@@ -9,12 +9,15 @@ accelerate/torchrun) is the HF Trainer's; this module only maps a recipe stage o
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..errors import VlmSwapError
 from .features import FeatureCache
@@ -128,9 +131,39 @@ class SwapTrainer(Trainer):
         optimizer.step = step
 
     def _save_checkpoint(self, model, trial):
+        """Refuse a non-finite state; write the checkpoint in a hidden sibling and rename it once complete.
+
+        Every process writes its part (weights, optimizer, RNG states) into ``.checkpoint-N.tmp``; rank 0
+        renames it to ``checkpoint-N`` after all have, so a kill leaves whole checkpoints and at most a
+        hidden temporary, which ``newest_checkpoint`` ignores and the next save of that step replaces.
+        """
         if not trainable_finite(self.model):
             raise NonFiniteError(f"refusing to save a checkpoint of stage {self.stage.name!r} from a non-finite state")
-        return super()._save_checkpoint(model, trial)
+        run_dir = Path(self._get_output_dir(trial=trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = run_dir / f".{name}.tmp"
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self._get_output_dir = lambda trial=None: str(staging)  # the Trainer saves under this run dir
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            final = run_dir / name
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(staging / name, final)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=False,
+            )
+        self.accelerator.wait_for_everyone()
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None:
