@@ -6,10 +6,13 @@ import json
 import shutil
 
 import pytest
+from PIL import Image
 from transformers import LlavaForConditionalGeneration
 
+import vlm_swap
 from vlm_swap.catalog import CATALOG
 from vlm_swap.inspection import inspect_source
+from vlm_swap.modeling import SwapVLMProcessor
 
 
 def test_inspect_counts_match_the_real_model(llava):
@@ -23,6 +26,21 @@ def test_inspect_counts_match_the_real_model(llava):
     assert sum(p["params"] for p in parts.values()) == report["total_params"]
     assert report["image_token"] == "<image>" and report["tokens_per_image"] == 16
     assert report["source_kind"] == "llava" and report["weights"] == "safetensors"
+
+
+@pytest.mark.parametrize("kind", ["perceiver", "open-clip"])
+def test_inspect_of_an_upgraded_model_names_its_encoder_and_rows(tmp_path, llava, perceiver, vision_lib, images, kind):
+    """The encoder kind where its config has no model type (open-clip); rows per image from its own processor."""
+    encoder = perceiver() if kind == "perceiver" else vision_lib(kind)
+    up = vlm_swap.upgrade(str(llava()), f"{kind}:{encoder}", tmp_path / "up")
+    report = inspect_source(str(up))
+    assert report["source_kind"] == "swap-vlm"
+    assert report["parts"]["encoder"]["type"] == ("qwen3_vl" if kind == "perceiver" else "open-clip")
+    processor = SwapVLMProcessor.from_pretrained(up)
+    text = processor.image_token
+    expanded = processor(images=[Image.new("RGB", (512, 512))], text=text, return_tensors="pt")["input_ids"][0]
+    rows = len(expanded) - len(processor.tokenizer(text)["input_ids"]) + 1  # the placeholder became `rows` tokens
+    assert report["tokens_per_image"] == rows > 1
 
 
 def test_config_only_dir_gives_the_same_report(tmp_path, llava):

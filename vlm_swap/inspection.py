@@ -66,7 +66,9 @@ def inspect_source(source: str, *, trust_remote_code: bool = False) -> dict[str,
         "weights": "safetensors" if src.path.is_dir() and any(src.path.glob("*.safetensors")) else "config only",
         "parts": {
             "encoder": {
-                "type": getattr(vision, "model_type", None) or src.config_value("vision_tower"),
+                "type": getattr(vision, "model_type", None)
+                or src.config_value("vision_tower")
+                or src.config_value("encoder_kind"),
                 "params": parts["encoder"],
                 "hidden_size": getattr(vision, "hidden_size", None),
             },
@@ -108,12 +110,28 @@ def _header_counts(src: Source) -> dict[str, int]:
 def _tokens_per_image(src) -> int | None:
     cfg, vision = src.config, src.vision_config
     if src.adapter.id == "swap-vlm":
-        return None
+        return _swap_vlm_rows(src)
     if getattr(cfg, "image_seq_length", None):
         return int(cfg.image_seq_length)
     if vision is not None and getattr(vision, "image_size", None) and getattr(vision, "patch_size", None):
         return (vision.image_size // vision.patch_size) ** 2
     return None
+
+
+def _swap_vlm_rows(src) -> int | None:
+    """Rows a 512 x 512 image gives an upgraded model (boundaries included), from its own processor."""
+    if not (src.path / "processor_config.json").is_file():
+        return None  # a config-only snapshot
+    from PIL import Image
+
+    from .modeling import SwapVLMProcessor
+
+    try:
+        processor = SwapVLMProcessor.from_pretrained(str(src.path))
+    except (OSError, ValueError):
+        return None
+    ids = processor(images=[Image.new("RGB", (512, 512))], text=processor.image_token, return_tensors="pt")["input_ids"]
+    return int(torch.isin(ids, torch.tensor(src.config.feature_token_ids)).sum())
 
 
 def _token_string(path, token_id: int | None, trust_remote_code: bool = False) -> str | None:
