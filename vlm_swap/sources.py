@@ -6,7 +6,7 @@ the vision config and the image token, how the LLM config becomes the config of 
 read from a flat config.json that transformers' AutoConfig would misread), and which weight-key
 prefixes belong to the LLM (with their renaming into a plain causal LM), the encoder and the
 connector; the longest matching prefix decides. Reading a source never loads weights: it opens the
-weight shards lazily (``Source.open`` / ``Source.iter_tensors``: a reader per file, safetensors or,
+weight shards lazily (``Source.open``: a reader per file, safetensors or,
 with ``allow_pickle``, pickle read ``weights_only``) so the LLM can be streamed to the output.
 """
 
@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from transformers import AutoConfig, PreTrainedConfig
 
@@ -236,23 +234,6 @@ class Source:
             with self.open(f) as st:
                 out.update(dict.fromkeys(st.keys(), f))
         return out
-
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every weight key of the source and its shape, from the file headers (no tensor data read)."""
-        out: dict[str, tuple[int, ...]] = {}
-        for f in self.weight_files:
-            with self.open(f) as st:
-                for key in st.keys():
-                    part = st.get_slice(key)  # a safetensors slice, or the tensor itself for pickle files
-                    out[key] = tuple(part.get_shape() if hasattr(part, "get_shape") else part.shape)
-        return out
-
-    def iter_tensors(self) -> Iterator[tuple[Path, str, torch.Tensor]]:
-        """(shard, key, tensor) for every weight of the source, one shard open at a time."""
-        for f in self.weight_files:
-            with self.open(f) as st:
-                for key in st.keys():
-                    yield f, key, st.get_tensor(key)
 
     def check_parts(self) -> None:
         """Refuse a checkpoint that lacks every weight of a part its layout requires."""

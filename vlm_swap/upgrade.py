@@ -195,11 +195,12 @@ def _assemble(
     target_dtype = DTYPES[dtype]
 
     skeleton = llm_skeleton(text_cfg)
-    check_llm_shapes(src, skeleton)  # before anything is written
+    files = {path: _read_tensors(src, path) for path in src.weight_files}  # every header read and checked once
+    check_llm_shapes(src, files, skeleton)  # before anything is written
     # one worker computes mean rows of grown embeddings while the writer copies the other tensors
     with atomic_dir(out, force=force) as tmp, ThreadPoolExecutor(1) as pool:
         writer = ShardWriter(tmp, max_shard_bytes)
-        out_dtype = _stream_llm(src, skeleton, writer, new_vocab, new_ids, target_dtype, pool)
+        out_dtype = _stream_llm(src, files, skeleton, writer, new_vocab, new_ids, target_dtype, pool)
         enc_module = loaded.module.to(out_dtype)
         for k, v in enc_module.state_dict().items():
             writer.add(f"encoder.{k}", v.detach())
@@ -264,6 +265,7 @@ def _assemble(
 
 def _stream_llm(
     src: Source,
+    files: dict[Path, dict[str, SourceTensor]],
     skeleton: torch.nn.Module,
     writer: ShardWriter,
     new_vocab: int,
@@ -273,8 +275,8 @@ def _stream_llm(
 ) -> torch.dtype:
     """Register the LLM tensors of ``src`` in ``writer`` as ``language_model.*``; return their dtype.
 
-    Every shard header is read and checked first, so a corrupt shard fails before a byte is
-    written. Unchanged tensors are registered as byte ranges of the source shards; only cast or
+    ``files`` holds the source's tensors by shard, their headers read and checked before a byte is
+    written (``_read_tensors``). Unchanged tensors are registered as byte ranges of the source shards; only cast or
     grown ones are read, a block of rows at a time, when the writer writes them. Grown ones are
     registered last: their mean rows are computed on ``pool`` while the rest is copied.
     """
@@ -282,7 +284,6 @@ def _stream_llm(
     grow = {_param_name(skeleton, skeleton.get_input_embeddings())}
     if skeleton.get_output_embeddings() is not None:
         grow.add(_param_name(skeleton, skeleton.get_output_embeddings()))
-    files = {path: _read_tensors(src, path) for path in src.weight_files}
     seen, out_dtype, grown = set(), dtype, []
     for path, tensors in files.items():
         writer.end_shard()  # output shards follow the source's, so tensor bytes keep their page offsets
@@ -323,12 +324,12 @@ def llm_skeleton(text_cfg: PreTrainedConfig) -> torch.nn.Module:
         return AutoModelForCausalLM.from_config(text_cfg)
 
 
-def check_llm_shapes(src: Source, skeleton: torch.nn.Module) -> None:
+def check_llm_shapes(src: Source, files: dict[Path, dict[str, SourceTensor]], skeleton: torch.nn.Module) -> None:
     """Every LLM weight of the source has the shape its config implies (embedding rows may differ: resized)."""
     expected = {n: tuple(t.shape) for n, t in skeleton.state_dict().items()}
     embeddings = (skeleton.get_input_embeddings(), skeleton.get_output_embeddings())
     resized = {_param_name(skeleton, m) for m in embeddings if m is not None}
-    for key, shape in src.shapes().items():
+    for key, shape in ((k, t.shape) for tensors in files.values() for k, t in tensors.items()):
         llm_key = None if src.adapter.part_of(key) in ("encoder", "connector") else src.adapter.llm_key(key)
         want = expected.get(llm_key)
         if want is not None and (shape[1:] != want[1:] if llm_key in resized else shape != want):
