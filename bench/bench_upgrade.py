@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,40 +113,82 @@ def warm(path: Path) -> None:
                     pass
 
 
-# Runs the real `vlm-swap` command line in-process and reports, on stderr, how long importing the
-# package took and how long the command itself took (from after the imports to its exit).
+# Runs the real `vlm-swap` command line in-process. It imports vlm_swap, says READY on stderr, and starts
+# the command only when a line arrives on stdin, so the bench can start it at the same moment after the
+# previous output was deleted as it starts `cp`; it reports how long the command itself took.
 CLI_DRIVER = """
 import sys, time
 t0 = time.perf_counter()
 import vlm_swap.cli
-t1 = time.perf_counter()
+print("READY", time.perf_counter() - t0, file=sys.stderr, flush=True)
+sys.stdin.readline()
 sys.argv = ["vlm-swap", *sys.argv[1:]]
+t1 = time.perf_counter()
 try:
     vlm_swap.cli.main()
 except SystemExit as exc:
     code = exc.code
 else:
     code = 0
-print(f"VLM_SWAP_TIMES {t1 - t0} {time.perf_counter() - t1}", file=sys.stderr)
+print(f"VLM_SWAP_TIMES {time.perf_counter() - t1}", file=sys.stderr)
 sys.exit(code)
 """
 
 
-def timed(cmd: list[str], outputs: Path, fsync: bool) -> tuple[float, int, str]:
-    """Wall seconds of ``cmd`` (plus fsyncs of ``outputs`` when asked), the child's peak RSS (bytes), its stderr."""
-    subprocess.run(["sync"], check=True)
+@dataclass
+class Timing:
+    wall: float  # from the start to the process's exit (plus the fsyncs when asked)
+    command: float  # the command alone: `cp` whole, the upgrade command inside the CLI process
+    startup: float = 0.0  # the CLI process: from its spawn to READY (interpreter start and imports)
+    imports: float = 0.0  # the CLI process: importing vlm_swap
+    peak: int = 0  # peak RSS of the process, bytes
+    written: int = 0  # bytes of safetensors written
+
+
+def timed(
+    cmd: list[str], out: Path, previous: Path | None, fsync: bool, prime: Path | None, driver: bool = False
+) -> Timing:
+    """Time ``cmd``, which writes ``out``. ``previous`` (the last command's output) is deleted and
+    ``sync`` run just before the start, untimed, so that every command starts the same way: right
+    after 2 GB of page cache were freed, with nothing left to write back. A ``driver`` command (the
+    CLI process) is spawned and imports first; only its command is started then."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    pipes = dict(stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    startup = imports = 0.0
+    if driver:
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, **pipes)
+        while (line := proc.stderr.readline()) and not line.startswith("READY"):
+            pass
+        if not line:
+            proc.wait()
+            raise SystemExit(f"{' '.join(cmd)} failed before its command")
+        startup, imports = time.perf_counter() - t, float(line.split()[1])
+    if previous is not None:
+        shutil.rmtree(previous)
+    if prime is not None:  # the same memory state for every command: 2 GB of page cache freed just now
+        scratch = out.with_name("scratch")
+        subprocess.run(["cp", "-r", str(prime), str(scratch)], check=True)
+        shutil.rmtree(scratch)
+    subprocess.run(["sync"], check=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if driver:
+        proc.stdin.write("\n")
+        proc.stdin.close()
+    else:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, **pipes)
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    code = os.waitstatus_to_exitcode(status)
     if fsync:
-        subprocess.run(["sync", "-f", *map(str, sorted(outputs.rglob("*.safetensors")))], check=True)
+        subprocess.run(["sync", "-f", *map(str, sorted(out.rglob("*.safetensors")))], check=True)
     wall = time.perf_counter() - t0
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}:\n{err}")
-    return wall, usage.ru_maxrss * 1024, err  # Linux reports KiB
+    if code:
+        raise SystemExit(f"{' '.join(cmd)} failed with exit code {code}:\n{err}")
+    # fsyncs run after the process: count them as the command's
+    command = float(err.rsplit("VLM_SWAP_TIMES", 1)[1].split()[0]) if driver and not fsync else wall
+    written = sum(f.stat().st_size for f in out.rglob("*.safetensors"))
+    return Timing(wall, command, startup, imports, usage.ru_maxrss * 1024, written)  # Linux reports KiB
 
 
 def main() -> None:
@@ -154,10 +197,17 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="timed runs of each command (the median is kept)")
     ap.add_argument("--fsync", action="store_true", help="include fsyncs of the written files in both timings")
     ap.add_argument("--clean", action="store_true", help="delete the work directory at the end")
+    ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    src = build_source(args.work / "source")
-    perceiver = build_perceiver(args.work / "perceiver")
+    src, perceiver = args.work / "source", args.work / "perceiver"
+    if args.build_only:
+        build_source(src)
+        build_perceiver(perceiver)
+        return
+    # built in a child process: a child forked from a parent that held the 2 GB of weights would report
+    # the parent's pages in its own peak RSS
+    subprocess.run([sys.executable, __file__, "--work", str(args.work), "--build-only"], check=True)
     ckpt = sum(f.stat().st_size for f in src.glob("*.safetensors"))
     n_shards = len(list(src.glob("*.safetensors")))
     cp_out, up_out = args.work / "copy", args.work / "upgraded"
@@ -168,60 +218,51 @@ def main() -> None:
 
     warm(src)
     warm(perceiver)
-    copies, upgrades, commands, imports, exits, peaks = [], [], [], [], [], []
-    for run in range(args.runs):
-        for out in (cp_out, up_out):
-            shutil.rmtree(out, ignore_errors=True)
-        # the order alternates: a command run right after the other one's 2 GB of writes is measurably slower
-        if run % 2:
-            wall, peak, err = timed(upgrade_cmd, up_out, args.fsync)
-            copies.append(timed(copy_cmd, cp_out, args.fsync)[0])
-        else:
-            copies.append(timed(copy_cmd, cp_out, args.fsync)[0])
-            wall, peak, err = timed(upgrade_cmd, up_out, args.fsync)
-        import_s, command_s = map(float, err.rsplit("VLM_SWAP_TIMES", 1)[1].split())
-        if args.fsync:  # the fsyncs run after the process: count them as the command's
-            command_s = wall - import_s
-        upgrades.append(wall)
-        imports.append(import_s)
-        commands.append(command_s)
-        exits.append(wall - import_s - command_s)  # interpreter start and teardown (torch, transformers)
-        peaks.append(peak)
-    baseline = timed(imports_cmd, args.work, False)[1]  # peak RSS of the imports alone
-    out_bytes = sum(f.stat().st_size for f in up_out.glob("*.safetensors"))
+    copies, upgrades, previous = [], [], None
     for out in (cp_out, up_out):
         shutil.rmtree(out, ignore_errors=True)
+    for i in range(args.runs):
+        # the order alternates, so neither command always runs right after the other one
+        for cmd, out, driver in [(copy_cmd, cp_out, False), (upgrade_cmd, up_out, True)][:: -1 if i % 2 else 1]:
+            (upgrades if driver else copies).append(timed(cmd, out, previous, args.fsync, src, driver))
+            previous = out
+    shutil.rmtree(previous)
+    baseline = timed(imports_cmd, args.work, None, False, None).peak  # peak RSS of the imports alone
 
     med = statistics.median
-    copy_s, upgrade_s, command_s, import_s, peak = med(copies), med(upgrades), med(commands), med(imports), max(peaks)
+    commands = [u.command for u in upgrades]
+    processes = [u.startup + u.wall for u in upgrades]  # spawn to exit, less the wait for the start signal
+    exits = [u.wall - u.command for u in upgrades]  # interpreter teardown (torch, transformers)
+    walls = [c.wall for c in copies]
+    peak = max(u.peak for u in upgrades)
     # ratios of the runs taken back to back, then their median: drift of a busy machine cancels out
-    vs_copy = med(c / p for c, p in zip(commands, copies, strict=True))
-    cli_vs_copy = med(u / p for u, p in zip(upgrades, copies, strict=True))
+    vs_copy = med(u / c for u, c in zip(commands, walls, strict=True))
+    process_vs_copy = med(u / c for u, c in zip(processes, walls, strict=True))
     gib = 1024**3
-    print(f"source: {ckpt / gib:.2f} GiB in {n_shards} shards (bfloat16); output {out_bytes / gib:.2f} GiB")
+    print(f"source: {ckpt / gib:.2f} GiB in {n_shards} shards (bfloat16); output {upgrades[-1].written / gib:.2f} GiB")
     print(f"{'':36}{'median s':>9}  runs")
     for label, times in (
-        ("cp -r", copies),
-        ("vlm-swap upgrade, whole process", upgrades),
-        ("  importing vlm_swap (fixed cost)", imports),
+        ("cp -r", walls),
+        ("vlm-swap upgrade, whole process", processes),
+        ("  importing vlm_swap (fixed cost)", [u.imports for u in upgrades]),
         ("  the upgrade command", commands),
-        ("  interpreter start and exit", exits),
+        ("  interpreter teardown", exits),
     ):
         print(f"{label:36}{med(times):>9.2f}  {', '.join(f'{t:.2f}' for t in times)}")
     print(f"peak RSS of upgrade {peak / 2**20:.0f} MiB; of importing vlm_swap alone {baseline / 2**20:.0f} MiB")
-    common = dict(checkpoint_bytes=ckpt, shards=n_shards, runs=args.runs, copy_s=round(copy_s, 3))
+    common = dict(checkpoint_bytes=ckpt, shards=n_shards, runs=args.runs, copy_s=round(med(walls), 3))
     common["writes"] = "fsynced" if args.fsync else "page cache (no fsync), source read from the page cache"
     record(
         "upgrade_wall_vs_copy",
         round(vs_copy, 3),
         goal="<= 1.5",
-        upgrade_s=round(command_s, 3),
-        import_s=round(import_s, 3),
+        upgrade_s=round(med(commands), 3),
+        import_s=round(med(u.imports for u in upgrades), 3),
         exit_s=round(med(exits), 3),
         note="the upgrade command, timed inside the CLI process from the end of `import vlm_swap` to its return",
         **common,
     )
-    record("upgrade_process_wall_vs_copy", round(cli_vs_copy, 3), process_s=round(upgrade_s, 3), **common)
+    record("upgrade_process_wall_vs_copy", round(process_vs_copy, 3), process_s=round(med(processes), 3), **common)
     record(
         "upgrade_peak_rss_vs_checkpoint",
         round(peak / ckpt, 3),

@@ -74,7 +74,7 @@ def test_upgrade_then_generate(tmp_path, llava, vit):
     out = tmp_path / "up"
     result = run("upgrade", llava(), "--encoder", f"hf-vit:{vit('clip')}", "--out", out)
     assert result.exit_code == 0, result.output
-    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert (out / "config.json").is_file() and (out / "model.safetensors.index.json").is_file()
     image = tmp_path / "scene.png"
     make_scene(3).render().save(image)
     result = run("generate", out, "--image", image, "--prompt", "what shape is on the left?", "--max-new-tokens", 3)

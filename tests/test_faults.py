@@ -179,12 +179,27 @@ def _file_size_limit(limit: int):
     return apply
 
 
+def test_a_pair_check_failing_while_the_llm_is_copied_keeps_the_previous_output(tmp_path, llava, vit):
+    """Fault: the pair checks run while the LLM tensors are already being copied; one fails (a context
+    too short for the image rows): the copy stops, the previous output stays as it was."""
+    out = vlm_swap.upgrade(str(llava()), f"hf-vit:{vit()}", tmp_path / "up")
+    before = digest(out)
+    src = tmp_path / "short"
+    shutil.copytree(llava(), src)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["text_config"]["max_position_embeddings"] = 16
+    (src / "config.json").write_text(json.dumps(cfg))
+    result = runner.invoke(app, ["upgrade", str(src), "-e", f"hf-vit:{vit()}", "-o", str(out), "--force"])
+    assert result.exit_code != 0 and "incompatible pair" in result.output, result.output
+    assert digest(out) == before and not leftovers(out)
+
+
 def test_a_full_disk_fails_in_one_line_and_keeps_the_previous_output(tmp_path, llava, vit):
     """Fault: a file-size limit (RLIMIT_FSIZE) smaller than the weights, as a full disk would be."""
     out = vlm_swap.upgrade(str(llava()), f"hf-vit:{vit()}", tmp_path / "up")
     before = digest(out)
     cmd, env = upgrade_cmd(llava(), vit(), out, "--force")
-    limit = (out / "model.safetensors").stat().st_size // 2
+    limit = max(f.stat().st_size for f in out.glob("*.safetensors")) // 2
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, preexec_fn=_file_size_limit(limit))
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "file too large" in done.stderr and str(out) in done.stderr, done.stderr

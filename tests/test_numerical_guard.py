@@ -5,6 +5,8 @@ The fault injected is a real corrupted checkpoint: one connector weight set to N
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from safetensors.torch import load_file, save_file
@@ -19,7 +21,8 @@ from vlm_swap.zoo.world import write_dataset
 def poisoned(tmp_path_factory, llava, vit):
     root = tmp_path_factory.mktemp("nan")
     up = vlm_swap.upgrade(str(llava()), f"hf-vit:{vit()}", root / "up")
-    weights = up / "model.safetensors"
+    index = json.loads((up / "model.safetensors.index.json").read_text())
+    weights = up / index["weight_map"]["connector.0.weight"]
     tensors = load_file(str(weights))
     tensors["connector.0.weight"][0, 0] = float("nan")
     save_file(tensors, str(weights), metadata={"format": "pt"})

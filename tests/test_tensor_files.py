@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import threading
+import time
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 import vlm_swap
 from vlm_swap.errors import VlmSwapError
-from vlm_swap.io import ShardWriter
+from vlm_swap.io import COPY_ALIGN, ShardWriter
 from vlm_swap.sources import SOURCES
 from vlm_swap.tensor_files import SourceTensor, read_safetensors_header, safetensors_tensors
 
@@ -61,6 +63,15 @@ def test_rows_are_read_lazily_and_exactly(st_file):
     assert mem.raw is None and torch.equal(mem.read_rows(1, 3), tensors["a"][1:3])
 
 
+def test_rows_of_a_file_truncated_after_its_header_was_read_fail_in_one_line(tmp_path, st_file):
+    path, tensors = st_file
+    src = safetensors_tensors(path)  # header read and checked
+    path.write_bytes(path.read_bytes()[: src["a"].raw.offset + 4])  # then the file shrinks
+    with pytest.raises(VlmSwapError, match="truncated"):
+        src["a"].read_rows(0, 7)
+    assert torch.equal(src["a"].read_rows(0, 0), tensors["a"][:0])
+
+
 def test_writer_mixes_tensors_byte_ranges_and_blocks(tmp_path, st_file):
     path, tensors = st_file
     src = safetensors_tensors(path)
@@ -88,6 +99,51 @@ def test_writer_mixes_tensors_byte_ranges_and_blocks(tmp_path, st_file):
         assert torch.equal(got[f"copy.{name}"], tensors[name]) and got[f"copy.{name}"].dtype == tensors[name].dtype
     assert torch.equal(got["mem.d"], tensors["d"])
     assert torch.equal(got["blocks.d"], tensors["d"].half())
+
+
+def test_flushed_shards_are_written_in_the_background_and_named_at_close(tmp_path):
+    first = {f"a.{i}": torch.full((3, 4), float(i)) for i in range(3)}
+    gate, w = threading.Event(), ShardWriter(tmp_path, workers=2)
+    for name, t in first.items():
+        w.add(name, t)
+    w.end_shard()
+    w.add_stream("late", torch.float32, (2,), lambda: (gate.wait(10), torch.ones(2))[1:])
+    w.flush()  # the first shard only: "late" is in an open shard and waits
+    deadline = time.monotonic() + 10
+    while not (done := list(tmp_path.glob("part-*.safetensors"))) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [f.name for f in done] == ["part-00001.safetensors"]  # written before close, under a working name
+    w.add("b", torch.zeros(5))
+    gate.set()
+    files = w.close()
+    assert [f.name for f in files] == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    assert not list(tmp_path.glob("part-*"))
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
+    assert {k for k, v in index.items() if v == files[0].name} == set(first)
+    got = read_tensors(tmp_path)
+    assert all(torch.equal(got[k], v) for k, v in first.items())
+    assert torch.equal(got["late"], torch.ones(2)) and torch.equal(got["b"], torch.zeros(5))
+
+
+def test_leaving_the_writer_by_an_exception_cancels_what_has_not_started(tmp_path):
+    started, gate = [], threading.Event()
+
+    def pieces(name):
+        started.append(name)
+        gate.wait(10)
+        return (torch.zeros(4),)
+
+    with pytest.raises(RuntimeError, match="stop"), ShardWriter(tmp_path, workers=1) as w:
+        for i in range(5):
+            w.add_stream(f"t{i}", torch.float32, (4,), lambda i=i: pieces(f"t{i}"))
+        w.end_shard()
+        w.flush()
+        while not started:
+            time.sleep(0.01)
+        threading.Timer(0.2, gate.set).start()  # the running tensor finishes only after the exit began
+        raise RuntimeError("stop")
+    assert started == ["t0"]  # the queued ones never ran, the running one was waited for
+    assert not [t for t in threading.enumerate() if t.name.startswith("shard-writer")]  # the workers are gone
 
 
 def test_writer_refuses_a_piece_of_the_wrong_size(tmp_path):
@@ -189,7 +245,7 @@ def test_sharded_source_cast_and_grown_rows(tmp_path, llava, perceiver):
     assert grown == 2  # embed_tokens and lm_head (llama2 does not tie them)
 
 
-def test_copied_tensors_keep_their_page_offset_and_shards_follow_the_source(tmp_path, llava, vit):
+def test_copied_tensors_keep_their_offset_modulo_64k_and_shards_follow_the_source(tmp_path, llava, vit):
     src = tmp_path / "src"
     shutil.copytree(llava(), src)
     from transformers import LlavaForConditionalGeneration
@@ -204,16 +260,18 @@ def test_copied_tensors_keep_their_page_offset_and_shards_follow_the_source(tmp_
         for key, info in read_safetensors_header(f).items():
             if adapter.part_of(key) == "llm":
                 where["language_model." + adapter.llm_key(key)] = (f.name, info.start)
-    shards = sorted(out.glob("model-*.safetensors"))
+    *llm_shards, last = sorted(out.glob("model-*.safetensors"))
     sources_of = []
-    for f in shards:
+    for f in llm_shards:
         header = read_safetensors_header(f)
         assert min(i.start for i in header.values()) % 8 == 0  # data 8-byte aligned
-        copied = [k for k in header if k in where]
-        sources_of.append({where[k][0] for k in copied})
-        for k in copied:
-            assert (header[k].start - where[k][1]) % 4096 == 0, k
-    llm_shards = [s for s in sources_of if s]
-    assert all(len(s) == 1 for s in llm_shards)  # an output shard holds the LLM tensors of one source shard
-    assert len(llm_shards) == len({n for n, _ in where.values()})
+        assert set(header) <= set(where)
+        sources_of.append({where[k][0] for k in header})
+        for k in header:
+            assert (header[k].start - where[k][1]) % COPY_ALIGN == 0, k
+    assert all(len(s) == 1 for s in sources_of)  # an output shard holds the LLM tensors of one source shard
+    # every LLM tensor is copied from its source shard; the encoder and connector come in a last shard
+    assert {n for s in sources_of for n in s} == {n for n, _ in where.values()}
+    assert sum(len(read_safetensors_header(f)) for f in llm_shards) == len(where)
+    assert all(k.startswith(("encoder.", "connector.")) for k in read_safetensors_header(last))
     torch.testing.assert_close(read_tensors(out)["language_model.lm_head.weight"], model.lm_head.weight.detach())

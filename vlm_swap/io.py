@@ -21,7 +21,7 @@ import shutil
 import struct
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,9 @@ from .errors import VlmSwapError
 from .tensor_files import TORCH_TO_ST, FileRange
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
-PAGE = 4096
+# In-kernel copies (splice) run at full speed only from a source offset on a 64 KiB boundary to a
+# destination offset equal to it modulo 64 KiB; anything else costs about 35% more CPU per byte
+COPY_ALIGN = 64 * 1024
 COPY_CHUNK = 256 * 1024**2  # bytes per copy_file_range / write call (the copy itself stays in the kernel)
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -167,22 +169,38 @@ class ShardWriter:
 
     ``add`` registers an in-memory tensor, ``add_stream`` a tensor produced piece by piece: byte
     ranges of other files (an unchanged tensor of a source shard) and tensors (e.g. row blocks of
-    a cast). Nothing is written before ``close``: it plans the shard layout from the registered
-    dtypes and shapes, then writes each shard's header followed by its tensor bytes, so no shard
-    is ever held in memory and byte ranges are copied inside the kernel (``copy_file_range``).
-    Tensors are written at their planned offsets, in the order they were registered, by up to
-    ``workers`` threads at once (the copies release the GIL). Files are not fsynced (like ``cp``);
-    ``atomic_dir`` makes the directory appear whole or not at all.
+    a cast). A shard is planned from the registered dtypes and shapes, its header written, then its
+    tensor bytes, so no shard is ever held in memory and byte ranges are copied inside the kernel
+    (``copy_file_range``). Tensors are written at their planned offsets by up to ``workers`` threads
+    at once (the copies release the GIL).
+
+    ``flush`` starts writing, in the background, the shards that ``end_shard`` has closed: their
+    tensors are final, so the caller can go on working (loading an encoder, say) while they are
+    copied. ``close`` writes the rest, waits for every tensor, then gives the shards their final
+    names (``model.safetensors``, or ``model-0000K-of-0000N.safetensors`` and the index once N is
+    known). Used as a context manager, an exception cancels the tensors not yet started and waits
+    for those being written, so no thread writes into a directory that is being removed. Files are
+    not fsynced (like ``cp``); ``atomic_dir`` makes the directory appear whole or not at all.
     """
 
     def __init__(self, directory: Path, max_bytes: int = DEFAULT_SHARD_BYTES, workers: int | None = None):
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.workers = workers or min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-        self._entries: list[_Entry] = []
+        self._entries: list[_Entry] = []  # registered, not yet in a started shard
         self._names: set[str] = set()
-        self._breaks: set[int] = set()
+        self._breaks: set[int] = set()  # indices into _entries where a new shard begins
+        self._shards: list[tuple[Path, list[_Entry]]] = []  # started, under their working names
+        self._fds: list[int] = []
+        self._jobs: list[Future] = []
+        self._pool: ThreadPoolExecutor | None = None
         self.total_bytes = 0
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()  # after close() there is nothing left to stop
 
     def add_stream(
         self,
@@ -195,7 +213,7 @@ class ShardWriter:
         """Register ``name``; at write time ``pieces()`` must produce exactly its bytes.
 
         ``source_offset``: where the bytes start in the file they are copied from, when they are a
-        copy; the shard's header is then padded so that they keep their offset within a page.
+        copy; the shard's header is then padded so that they keep their offset modulo ``COPY_ALIGN``.
         """
         if name in self._names:
             raise ValueError(f"tensor {name!r} added twice")
@@ -214,51 +232,75 @@ class ShardWriter:
         """Start a new shard with the next tensor (e.g. to follow the shards of a source)."""
         self._breaks.add(len(self._entries))
 
-    def _plan(self) -> list[list[_Entry]]:
+    def flush(self) -> None:
+        """Start writing, in the background, every shard closed by ``end_shard``; return at once."""
+        cut = max(self._breaks, default=0)
+        if not cut:
+            return
+        self._start(self._entries[:cut])
+        self._entries = self._entries[cut:]
+        self._breaks = {b - cut for b in self._breaks if b > cut}
+
+    def close(self, advance: Callable[[int], object] | None = None) -> list[Path]:
+        """Write what is left, wait for every tensor (``advance(nbytes)`` after each) and name the shards."""
+        try:
+            self._start(self._entries)
+            self._entries = []
+            for job in self._jobs:
+                nbytes = job.result()
+                if advance is not None:
+                    advance(nbytes)
+        finally:
+            self.abort()  # the pool and the files are closed whether or not a tensor failed
+        n = len(self._shards)
+        names = [WEIGHTS_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        paths = [self.directory / name for name in names]
+        for (working, _), path in zip(self._shards, paths, strict=True):
+            os.rename(working, path)
+        if n > 1:
+            weight_map = {e.name: p.name for p, (_, entries) in zip(paths, self._shards, strict=True) for e in entries}
+            index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+            write_json(self.directory / INDEX_NAME, index)
+        return paths
+
+    def abort(self) -> None:
+        """Cancel the tensors not started, wait for those being written, close the files."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+    def _plan(self, entries: list[_Entry]) -> list[list[_Entry]]:
         shards: list[list[_Entry]] = [[]]
         size = 0
-        for i, e in enumerate(self._entries):
+        for i, e in enumerate(entries):
             if shards[-1] and (size + e.nbytes > self.max_bytes or i in self._breaks):
                 shards.append([])
                 size = 0
             shards[-1].append(e)
             size += e.nbytes
-        return shards
+        return [s for s in shards if s] or ([] if self._shards else [[]])  # an empty writer writes one shard
 
-    def close(self, advance: Callable[[int], object] | None = None) -> list[Path]:
-        """Write the shards (and the index when there are several); ``advance(nbytes)`` after each tensor."""
-        shards = self._plan()
-        n = len(shards)
-        names = [WEIGHTS_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-        fds: list[int] = []
-        try:
-            jobs = []
-            for k, (name, entries) in enumerate(zip(names, shards, strict=True)):
-                path = self.directory / name
-                fds.append(_open_for_writing(path))
-                offset = _write_header(fds[-1], path, entries)
-                for i, e in enumerate(entries):
-                    jobs.append(((k == n - 1, i, k), (path, fds[-1], offset, e)))
-                    offset += e.nbytes
-            # shards in turn, so that the workers write different files; the last one (which holds the
-            # tensors registered last, e.g. those waiting for a computation) after the others
-            jobs = [job for _, job in sorted(jobs, key=lambda j: j[0])]
-            with ThreadPoolExecutor(self.workers) as pool:
-                try:
-                    for nbytes in pool.map(_write_entry, jobs):
-                        if advance is not None:
-                            advance(nbytes)
-                except BaseException:
-                    pool.shutdown(cancel_futures=True)  # do not start the tensors still queued
-                    raise
-        finally:
-            for fd in fds:
-                os.close(fd)
-        if n > 1:
-            weight_map = {e.name: name for name, entries in zip(names, shards, strict=True) for e in entries}
-            index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
-            write_json(self.directory / INDEX_NAME, index)
-        return [self.directory / name for name in names]
+    def _start(self, entries: list[_Entry]) -> None:
+        """Write the headers of the shards of ``entries`` and queue their tensors on the workers."""
+        shards = self._plan(entries)
+        jobs = []
+        for k, shard in enumerate(shards):
+            path = self.directory / f"part-{len(self._shards) + 1:05d}.safetensors"  # renamed by close()
+            self._fds.append(_open_for_writing(path))
+            self._shards.append((path, shard))
+            offset = _write_header(self._fds[-1], path, shard)
+            for i, e in enumerate(shard):
+                jobs.append(((e.source_offset is not None, i, k), (path, self._fds[-1], offset, e)))
+                offset += e.nbytes
+        # tensors that are computed (cast, grown, in memory) first, so that their work runs beside the
+        # copies rather than after them; then the copies, shards in turn so that the workers write
+        # different files
+        if jobs and self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="shard-writer")
+        self._jobs += [self._pool.submit(_write_entry, job) for _, job in sorted(jobs, key=lambda j: j[0])]
 
 
 def _failed_write(exc: OSError, path: Path) -> OSError:
@@ -292,12 +334,12 @@ def _write_header(fd: int, path: Path, entries: list[_Entry]) -> int:
 
 def _header_padding(size: int, entries: list[_Entry]) -> int:
     """Spaces after a JSON header of ``size`` bytes: the data starts 8-byte aligned (as safetensors
-    writes it) and, when the first copied tensor allows it, at the same offset within a page as in its
-    source, so that the in-kernel copies move whole pages as ``cp`` does."""
+    writes it) and, when the first copied tensor allows it, at the same offset modulo ``COPY_ALIGN`` as
+    in its source, so that the in-kernel copies of it and of the tensors after it run at full speed."""
     rel = 0
     for e in entries:
         if e.source_offset is not None:
-            pad = (e.source_offset - rel - 8 - size) % PAGE
+            pad = (e.source_offset - rel - 8 - size) % COPY_ALIGN
             if (size + pad) % 8 == 0:
                 return pad
             break
@@ -337,13 +379,16 @@ def _write_piece(fd: int, piece: Piece, offset: int) -> int:
 
 
 def _copy_range(src: FileRange, fd: int, dst: int) -> None:
-    """Copy ``src``'s bytes to offset ``dst`` of ``fd``: in-kernel ``copy_file_range``, else pread/pwrite."""
+    """Copy ``src``'s bytes to offset ``dst`` of ``fd``: in-kernel ``copy_file_range``, else pread/pwrite.
+
+    The bytes before the first ``COPY_ALIGN`` boundary of the source are copied on their own, so the
+    rest starts on a boundary (full speed when ``dst`` agrees with the source modulo ``COPY_ALIGN``)."""
     copy = _kernel_copy if hasattr(os, "copy_file_range") else _pread_write
     with open(src.path, "rb") as f:
         sfd, offset, left = f.fileno(), src.offset, src.nbytes
         while left:
             try:
-                done = copy(sfd, fd, min(left, COPY_CHUNK), offset, dst)
+                done = copy(sfd, fd, min(left, -offset % COPY_ALIGN or COPY_CHUNK), offset, dst)
             except OSError as exc:  # e.g. a file system that refuses in-kernel copies: copy through a buffer
                 if copy is _pread_write or exc.errno not in _NO_KERNEL_COPY:
                     raise

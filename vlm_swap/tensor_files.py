@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,6 +155,17 @@ def safetensors_tensors(path: str | Path) -> dict[str, SourceTensor]:
     return {name: _file_tensor(path, info) for name, info in read_safetensors_header(path).items()}
 
 
+def _map(path: Path, offset: int, n: int) -> mmap.mmap:
+    """Bytes ``[offset, offset + n)`` of ``path`` mapped from the page cache (no copy; a private mapping, so
+    the tensor viewing it is writable without touching the file), from the allocation boundary below
+    ``offset``. The mapping lives as long as the tensor that views it."""
+    base = offset - offset % mmap.ALLOCATIONGRANULARITY
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size < offset + n:  # the file changed since its header was checked
+            raise VlmSwapError(f"corrupted or truncated safetensors file {path}: ended while reading")
+        return mmap.mmap(f.fileno(), offset + n - base, access=mmap.ACCESS_COPY, offset=base)
+
+
 def _file_tensor(path: Path, info: TensorInfo) -> SourceTensor:
     dtype, shape = info.torch_dtype, info.shape
     row = math.prod(shape[1:]) * dtype.itemsize
@@ -162,11 +175,8 @@ def _file_tensor(path: Path, info: TensorInfo) -> SourceTensor:
         offset, n = (info.start + a * row, (b - a) * row) if shape else (info.start, info.nbytes)
         if not n:
             return torch.empty(rows_shape, dtype=dtype)
-        data = bytearray(n)
-        with open(path, "rb") as f:
-            f.seek(offset)
-            if f.readinto(data) != n:
-                raise VlmSwapError(f"corrupted or truncated safetensors file {path}: ended while reading")
-        return torch.frombuffer(data, dtype=dtype).reshape(rows_shape)
+        return torch.frombuffer(_map(path, offset, n), dtype=dtype, offset=offset % mmap.ALLOCATIONGRANULARITY).reshape(
+            rows_shape
+        )
 
     return SourceTensor(dtype, shape, read_rows, info.byte_range(path))

@@ -3,8 +3,10 @@
 This is the only module that touches both the source parts and the new encoder. The LLM is
 streamed tensor by tensor from the source shards to the output shards without materialising the
 model, and stays bit-identical (unless ``dtype`` asks for a cast); only the embedding rows of
-added placeholder tokens are appended (initialised to the mean row). The encoder is loaded with
-its own loader, a fresh connector is sized from the encoder width to the LLM width, and the
+added placeholder tokens are appended (initialised to the mean row). The tokens are planned first
+(``open_inputs``), so every LLM tensor is known before the encoder is loaded: the LLM shards are
+written in the background while the encoder loads with its own loader and the pair checks run
+(``load_inputs``). A fresh connector is sized from the encoder width to the LLM width, and the
 whole directory is written atomically.
 """
 
@@ -13,7 +15,6 @@ from __future__ import annotations
 import copy
 import datetime
 import platform
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -95,23 +96,37 @@ def build(llm: str, encoder: str, out: str | Path, **kwargs) -> Path:
 
 
 @dataclass
-class Prepared:
-    """Everything an upgrade needs, loaded and checked, before anything is written."""
+class Opened:
+    """The source opened, its tokens planned and the encoder located: everything but the encoder's weights."""
 
     source: str
     src: Source
     spec: EncoderSpec
-    loaded: LoadedEncoder
+    enc_path: str
+    connector: str
     tokenizer: object
     chat_template: str | None
-    text_cfg: PreTrainedConfig
+    text_cfg: PreTrainedConfig  # the LLM config as the output will have it (vocab_size grown, pad set)
     family: LLMFamily
     plan: TokenPlan
-    connector: str
+    trust_remote_code: bool
+    allow_pickle: bool
+
+    @property
+    def new_ids(self) -> list[int]:
+        return [self.tokenizer.convert_tokens_to_ids(t) for t in self.plan.added]
+
+
+@dataclass
+class Prepared:
+    """Everything an upgrade needs, loaded and checked, before anything is written."""
+
+    opened: Opened
+    loaded: LoadedEncoder
     checks: list[Check]
 
 
-def prepare(
+def open_inputs(
     source: str,
     encoder: str,
     *,
@@ -121,8 +136,9 @@ def prepare(
     allow_pickle: bool = False,
     revision: str | None = None,
     encoder_revision: str | None = None,
-) -> Prepared:
-    """Open the source, load the encoder, plan the tokens and run the pair checks (no writes)."""
+) -> Opened:
+    """Parse the encoder spec and connector, open the source, locate the encoder and plan the tokens the
+    target needs (its tokenizer loaded, the encoder's weights not)."""
     spec = EncoderSpec.parse(encoder)
     connector = connector or ("mlp2x-relu" if spec.kind == "perceiver" else "mlp2x-gelu")
     CONNECTORS.get(connector)
@@ -133,25 +149,46 @@ def prepare(
     enc_path = resolve_source(
         spec.source, marker=backend.marker_file, revision=encoder_revision, allow_pickle=allow_pickle
     )
-    loaded = backend.load(enc_path, dtype=None, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    tokenizer = load_auto(AutoTokenizer, src.path, "tokenizer", trust_remote_code=trust_remote_code, config=src.config)
-    chat_template = _chat_template(src, tokenizer, trust_remote_code)
+    trust = trust_remote_code
+    tokenizer = load_auto(AutoTokenizer, src.path, "tokenizer", trust_remote_code=trust, config=src.config)
+    chat_template = _chat_template(src, tokenizer, trust)
     text_cfg = copy.deepcopy(src.text_config)
     family = detect_family(text_cfg.model_type, tokenizer.get_vocab())
-    plan = plan_tokens(tokenizer, family, src.image_token_id, loaded.module.uses_boundaries)
-    facts_enc = EncoderFacts(
-        spec.source, spec.kind, loaded.module.feature_dim, _rows_per_image(loaded), loaded.info.get("text_family")
+    boundaries = backend.has_boundaries(enc_path, trust_remote_code=trust)
+    plan = plan_tokens(tokenizer, family, src.image_token_id, boundaries)
+    text_cfg.vocab_size = max(text_cfg.vocab_size, len(tokenizer))
+    text_cfg.pad_token_id = tokenizer.pad_token_id
+    return Opened(
+        source, src, spec, enc_path, connector, tokenizer, chat_template, text_cfg, family, plan, trust, allow_pickle
     )
+
+
+def load_inputs(o: Opened) -> Prepared:
+    """Load the encoder and run the pair checks (no writes)."""
+    loaded = ENCODERS.get(o.spec.kind).load(
+        o.enc_path, dtype=None, trust_remote_code=o.trust_remote_code, allow_pickle=o.allow_pickle
+    )
+    if loaded.module.uses_boundaries != bool(o.plan.image_start):
+        raise VlmSwapError(f"encoder backend {o.spec.kind!r}: has_boundaries() disagrees with the loaded encoder")
+    facts_enc = EncoderFacts(
+        o.spec.source, o.spec.kind, loaded.module.feature_dim, _rows_per_image(loaded), loaded.info.get("text_family")
+    )
+    text_cfg = o.src.text_config
     facts_llm = LLMFacts(
-        str(source),
-        family.id,
+        str(o.source),
+        o.family.id,
         text_cfg.hidden_size,
         getattr(text_cfg, "max_position_embeddings", 0) or 0,
-        tuple(plan.added),
-        plan.pad_token,
+        tuple(o.plan.added),
+        o.plan.pad_token,
     )
-    checks = check_pair(facts_enc, facts_llm, connector)
-    return Prepared(source, src, spec, loaded, tokenizer, chat_template, text_cfg, family, plan, connector, checks)
+    return Prepared(o, loaded, check_pair(facts_enc, facts_llm, o.connector))
+
+
+def prepare(source: str, encoder: str, **kwargs) -> Prepared:
+    """Open the source, load the encoder, plan the tokens and run the pair checks (no writes);
+    ``kwargs`` are those of ``open_inputs``."""
+    return load_inputs(open_inputs(source, encoder, **kwargs))
 
 
 def _assemble(
@@ -171,11 +208,14 @@ def _assemble(
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: bool = False,
 ) -> Path:
+    """Write the upgraded model. The LLM tensors are copied in the background while the encoder loads
+    and the pair checks run: a failed check stops the copy, and the temporary directory is removed
+    (``atomic_dir``), so nothing is left behind."""
     out = Path(out)
     if dtype not in DTYPES:
         raise VlmSwapError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
     check_output_dir(out, force)
-    p = prepare(
+    o = open_inputs(
         source,
         encoder,
         bare_llm=bare_llm,
@@ -185,34 +225,23 @@ def _assemble(
         revision=revision,
         encoder_revision=encoder_revision,
     )
-    require_compatible(p.checks)
-    src, spec, loaded, tokenizer, plan, text_cfg = p.src, p.spec, p.loaded, p.tokenizer, p.plan, p.text_cfg
-
-    new_vocab = max(text_cfg.vocab_size, len(tokenizer))
-    new_ids = [tokenizer.convert_tokens_to_ids(t) for t in plan.added]
-    text_cfg.vocab_size = new_vocab
-    text_cfg.pad_token_id = tokenizer.pad_token_id
-    target_dtype = DTYPES[dtype]
-
-    skeleton = llm_skeleton(text_cfg)
+    src, spec, tokenizer, plan, text_cfg = o.src, o.spec, o.tokenizer, o.plan, o.text_cfg
+    skeleton = llm_skeleton(copy.deepcopy(src.text_config))
     files = {path: _read_tensors(src, path) for path in src.weight_files}  # every header read and checked once
     check_llm_shapes(src, files, skeleton)  # before anything is written
-    # one worker computes mean rows of grown embeddings while the writer copies the other tensors
-    with atomic_dir(out, force=force) as tmp, ThreadPoolExecutor(1) as pool:
-        writer = ShardWriter(tmp, max_shard_bytes)
-        out_dtype = _stream_llm(src, files, skeleton, writer, new_vocab, new_ids, target_dtype, pool)
-        enc_module = loaded.module.to(out_dtype)
-        for k, v in enc_module.state_dict().items():
+    with atomic_dir(out, force=force) as tmp, ShardWriter(tmp, max_shard_bytes) as writer:
+        out_dtype = _stream_llm(src, files, skeleton, writer, text_cfg.vocab_size, o.new_ids, DTYPES[dtype])
+        writer.flush()  # the LLM shards are written from here on, while the encoder loads
+        p = load_inputs(o)
+        require_compatible(p.checks)
+        loaded = p.loaded
+        for k, v in loaded.module.to(out_dtype).state_dict().items():
             writer.add(f"encoder.{k}", v.detach())
         with torch.random.fork_rng(devices=[]):  # a seeded connector init, the caller's RNG untouched
             torch.manual_seed(seed)
-            conn = CONNECTORS.get(p.connector).build(loaded.module.feature_dim, text_cfg.hidden_size)
-        conn = conn.to(out_dtype)
-        for k, v in conn.state_dict().items():
+            conn = CONNECTORS.get(o.connector).build(loaded.module.feature_dim, text_cfg.hidden_size)
+        for k, v in conn.to(out_dtype).state_dict().items():
             writer.add(f"connector.{k}", v.detach())
-        with Progress(transient=True, disable=not progress) as bar:
-            task = bar.add_task("writing weights", total=writer.total_bytes)
-            writer.close(advance=lambda n: bar.advance(task, n))
 
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in plan.feature_tokens()}
         config = SwapVLMConfig(
@@ -221,7 +250,7 @@ def _assemble(
             encoder_kind=spec.kind,
             encoder_args=loaded.module.args,
             encoder_dim=loaded.module.feature_dim,
-            connector=p.connector,
+            connector=o.connector,
             image_token_id=ids[plan.image_token],
             feature_token_ids=list(ids.values()),
             dtype=out_dtype,
@@ -231,13 +260,13 @@ def _assemble(
         processor = SwapVLMProcessor(
             image_processor=loaded.image_processor,
             tokenizer=tokenizer,
-            chat_template=p.chat_template,
+            chat_template=o.chat_template,
             image_token=plan.image_token,
             image_start=plan.image_start,
             image_end=plan.image_end,
             encoder_kind=spec.kind,
             encoder_args=loaded.module.args,
-            text_only_template=template_is_text_only(tokenizer, p.chat_template, plan.image_token),
+            text_only_template=template_is_text_only(tokenizer, o.chat_template, plan.image_token),
         )
         processor.save_pretrained(tmp)
         _generation_config(src, tokenizer).save_pretrained(tmp)
@@ -249,10 +278,10 @@ def _assemble(
                 "command": "build" if bare_llm else "upgrade",
                 "source": str(source),
                 "source_kind": src.adapter.id,
-                "llm_family": p.family.id,
+                "llm_family": o.family.id,
                 "encoder": str(spec),
                 "encoder_info": loaded.info,
-                "connector": p.connector,
+                "connector": o.connector,
                 "dtype": str(out_dtype).replace("torch.", ""),
                 "added_tokens": plan.added,
                 "pad_token": plan.pad_token,
@@ -260,6 +289,9 @@ def _assemble(
             },
         )
         write_model_card(tmp)
+        with Progress(transient=True, disable=not progress) as bar:
+            task = bar.add_task("writing weights", total=writer.total_bytes)
+            writer.close(advance=lambda n: bar.advance(task, n))
     return out
 
 
@@ -271,22 +303,24 @@ def _stream_llm(
     new_vocab: int,
     new_ids: list[int],
     dtype: torch.dtype | None,
-    pool: Executor,
 ) -> torch.dtype:
     """Register the LLM tensors of ``src`` in ``writer`` as ``language_model.*``; return their dtype.
 
     ``files`` holds the source's tensors by shard, their headers read and checked before a byte is
-    written (``_read_tensors``). Unchanged tensors are registered as byte ranges of the source shards; only cast or
-    grown ones are read, a block of rows at a time, when the writer writes them. Grown ones are
-    registered last: their mean rows are computed on ``pool`` while the rest is copied.
+    written (``_read_tensors``). The output shards follow the source's, so unchanged tensors, registered
+    as byte ranges, keep their offsets (mod 64 KiB). Cast tensors are read, a block of rows at a time,
+    when the writer writes them; grown embeddings are registered at the end of their shard, so the
+    offsets of the others stay as they are. A shard break follows the last tensor, so the caller's
+    tensors (encoder, connector) go in a shard of their own.
     """
     names = {n for n, _ in skeleton.named_parameters()} | {n for n, _ in skeleton.named_buffers()}
     grow = {_param_name(skeleton, skeleton.get_input_embeddings())}
     if skeleton.get_output_embeddings() is not None:
         grow.add(_param_name(skeleton, skeleton.get_output_embeddings()))
-    seen, out_dtype, grown = set(), dtype, []
+    seen, out_dtype = set(), dtype
     for path, tensors in files.items():
-        writer.end_shard()  # output shards follow the source's, so tensor bytes keep their page offsets
+        writer.end_shard()
+        grown = []
         for key, t in tensors.items():
             part = src.adapter.part_of(key)
             if part in ("encoder", "connector"):
@@ -302,12 +336,14 @@ def _stream_llm(
                 out_dtype = t.dtype
             name, out = f"language_model.{llm_key}", dtype if dtype and floating else t.dtype
             if llm_key in grow and (new_ids or t.shape[0] != new_vocab):
-                grown.append((name, t, out, pool.submit(_mean_row, t)))
+                grown.append((name, t, out))
             else:
                 _add_tensor(writer, name, t, out)
             seen.add(llm_key)
-    for name, t, out, mean in grown:
-        writer.add_stream(name, out, (new_vocab, *t.shape[1:]), partial(_resized, t, out, new_vocab, new_ids, mean))
+        for name, t, out in grown:
+            shape = (new_vocab, *t.shape[1:])
+            writer.add_stream(name, out, shape, partial(_resized, t, out, new_vocab, new_ids))
+    writer.end_shard()
     tied = getattr(skeleton.config, "tie_word_embeddings", False)
     required = {n for n, _ in skeleton.named_parameters()}  # tied params appear once
     missing = sorted(required - seen - ({_param_name(skeleton, skeleton.get_output_embeddings())} if tied else set()))
@@ -382,11 +418,12 @@ def _mean_row(t: SourceTensor) -> torch.Tensor:
     return total / max(t.shape[0], 1)
 
 
-def _resized(t: SourceTensor, dtype: torch.dtype, rows: int, new_ids: list[int], mean: Future):
+def _resized(t: SourceTensor, dtype: torch.dtype, rows: int, new_ids: list[int]):
     """``[V, D] -> [rows, D]``: old rows kept bit-identical (a byte copy when not cast), rows of new
-    tokens and rows past ``V`` set to the mean row of the source (``mean``, rounded to its dtype)."""
+    tokens and rows past ``V`` set to the mean row of the source (rounded to its dtype). The mean is
+    computed when the writer gets to this tensor, on its worker."""
     keep = min(rows, t.shape[0])
-    mean = mean.result().to(t.dtype).to(dtype)
+    mean = _mean_row(t).to(t.dtype).to(dtype)
     start = 0
     for i in [*sorted({i for i in new_ids if i < keep}), keep]:
         if start < i and t.raw is not None and dtype == t.dtype:

@@ -46,6 +46,11 @@ class EncoderBackend(nn.Module):
         (read with ``weights_only=True``)."""
         raise NotImplementedError
 
+    @classmethod
+    def has_boundaries(cls, source: str, *, trust_remote_code: bool) -> bool:
+        """Whether the encoder at ``source`` gives boundary rows, known without loading its weights."""
+        return cls.uses_boundaries
+
     @staticmethod
     def preprocess(image_processor, images: list, args: dict[str, Any], **kwargs) -> dict[str, Any]:
         """The image inputs ``forward`` takes, dim 0 concatenating across images (so batches collate)."""

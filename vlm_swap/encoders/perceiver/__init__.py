@@ -116,6 +116,10 @@ class PerceiverEncoder(EncoderBackend):
         return torch.cat([hidden[i, p : p + len(s)] for i, s in enumerate(spans)])  # [sum(span_i), D]
 
     @classmethod
+    def has_boundaries(cls, source: str, *, trust_remote_code: bool) -> bool:
+        return check_family(load_config(source, trust_remote_code)).boundaries
+
+    @classmethod
     def load(
         cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool, allow_pickle: bool = False
     ) -> LoadedEncoder:
