@@ -1,14 +1,16 @@
 """Upgrade speed and memory on a multi-GB source, side by side with ``cp -r`` of the same source.
 
-Builds (once, reused) a random-initialised llava-hf ``LlavaForConditionalGeneration`` with a
-Llama LLM of TinyLlama widths (1.19 B parameters, bfloat16, 2.2 GiB in 5 shards) and a tiny CLIP
-tower, plus a tiny Qwen3-VL perceiver. Then, in one run, ``--runs`` times each and alternating:
-``cp -r SOURCE`` and ``vlm-swap upgrade SOURCE --encoder perceiver:...`` (a subprocess; its
-peak RSS comes from ``wait4``). The source is read once beforehand, so both read it from the
-page cache; ``sync`` runs (untimed) before every timed command, so neither pays for the other's
-write-back. Neither fsyncs its output (``--fsync`` adds ``sync -f``-style fsyncs of the written
-files to both timings). The CLI process reports how long importing vlm_swap took and how long
-the upgrade command took after it; the rest of its wall time is interpreter start and teardown.
+Builds (once, reused, in a child process) a random-initialised llava-hf ``LlavaForConditionalGeneration``
+with a Llama LLM of TinyLlama widths (1.19 B parameters, bfloat16, 2.2 GiB in 5 shards) and a tiny
+CLIP tower, plus a tiny Qwen3-VL perceiver. Then, in one run, ``--runs`` times each and alternating:
+``cp -r SOURCE`` and ``vlm-swap upgrade SOURCE --encoder perceiver:...`` (the real command line in a
+CLI process that imports first and starts the command on a signal; its peak RSS comes from
+``wait4``). The source is read once beforehand, so both read it from the page cache. Before every
+timed command, untimed: the previous output is deleted, a copy of the source is written and deleted
+(so every command starts with the same memory: 2 GB of page cache freed just now, which is when
+``cp`` is fastest on this machine) and ``sync`` runs. Neither fsyncs its output (``--fsync`` adds
+fsyncs of the written files to both timings). The CLI process reports how long importing vlm_swap
+took and how long the command itself took; the rest of its wall time is interpreter teardown.
 
 Records upgrade_wall_vs_copy (the upgrade command / cp -r), upgrade_process_wall_vs_copy (the
 whole process / cp -r, fixed costs included) and upgrade_peak_rss_vs_checkpoint.
@@ -259,7 +261,7 @@ def main() -> None:
         upgrade_s=round(med(commands), 3),
         import_s=round(med(u.imports for u in upgrades), 3),
         exit_s=round(med(exits), 3),
-        note="the upgrade command, timed inside the CLI process from the end of `import vlm_swap` to its return",
+        note="the upgrade command, timed inside the CLI process (after `import vlm_swap`) from its start to its return",
         **common,
     )
     record("upgrade_process_wall_vs_copy", round(process_vs_copy, 3), process_s=round(med(processes), 3), **common)
