@@ -10,6 +10,9 @@ the HF Trainer, AdamW, fp32 (bf16 on a GPU), batch 8, on the same synthetic data
   run the encoder every step) / median step time of the plain llava-hf + peft + Trainer loop.
 - ``feature_cache_speedup``: median step time of the connector-only stage without / with the feature
   cache, measured after the first pass over the data (which fills the cache).
+- ``feature_cache_speedup_perceiver``: the same with the LLM upgraded with a perceiver instead, the
+  random-initialised Qwen3-VL small VLM of ``bench_perceiver.py`` (LM hidden 512, 4 layers, vocabulary
+  151,936; a 4-block vision tower), so the cache skips a small VLM's forward, not a ViT's.
 
 A step time is the wall time from one optimizer step's end to the next (data loading and collation
 included); the first ``--warmup`` steps of each run are left out. Runs of the two sides alternate
@@ -35,6 +38,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_perceiver import build_perceiver  # noqa: E402
 from common import record  # noqa: E402
 
 import vlm_swap  # noqa: E402
@@ -69,8 +73,8 @@ class StepTimer(TrainerCallback):
         self._last = now
 
 
-def build(root: Path) -> tuple[Path, Path]:
-    """The llava-hf model and its vlm-swap upgrade (same CLIP tower, same LLM)."""
+def build(root: Path) -> tuple[Path, Path, Path]:
+    """The llava-hf model, its vlm-swap upgrade (same CLIP tower, same LLM) and its upgrade with a perceiver."""
     torch.manual_seed(0)
     tok = make_tokenizer("llama2")
     tok.add_tokens(["<image>", "<pad>"], special_tokens=True)
@@ -102,7 +106,8 @@ def build(root: Path) -> tuple[Path, Path]:
     model.model.vision_tower.save_pretrained(vit)
     image_proc.save_pretrained(vit)
     up = vlm_swap.upgrade(str(llava), f"hf-vit:{vit}", root / "up", connector="mlp2x-gelu")
-    return llava, up
+    perceiver = build_perceiver(root / "perceiver", max_pixels=IMAGE * IMAGE)
+    return llava, up, vlm_swap.upgrade(str(llava), f"perceiver:{perceiver}", root / "up-perceiver")
 
 
 def args_for(out: Path, steps: int) -> dict:
@@ -206,21 +211,23 @@ def main(argv=None) -> None:
         parser.error("--warmup must cover the first pass over the data and be below --steps")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        llava, up = build(root)
+        llava, up, up_perceiver = build(root)
         data = write_dataset(root / "data", ROWS, seed=3)  # 4 steps per pass over the data
         lora_recipe = recipe(root, "tune", opts.steps, lora=True, cache=False)
-        times: dict[str, list[float]] = {"vlm-swap": [], "hf": [], "cache-off": [], "cache-on": []}
+        sides_named = ("vlm-swap", "hf", "cache-off", "cache-on", "perceiver-cache-off", "perceiver-cache-on")
+        times: dict[str, list[float]] = {k: [] for k in sides_named}
+        off, on = (recipe(root, name, opts.steps, lora=False, cache=name == "on") for name in ("off", "on"))
         sides = {
             "vlm-swap": lambda out: vlm_swap_run(up, data, out, lora_recipe),
             "hf": lambda out: hf_baseline(llava, data, out, opts.steps),
-            "cache-off": lambda out: vlm_swap_run(
-                up, data, out, recipe(root, "off", opts.steps, lora=False, cache=False)
-            ),
-            "cache-on": lambda out: vlm_swap_run(up, data, out, recipe(root, "on", opts.steps, lora=False, cache=True)),
+            "cache-off": lambda out: vlm_swap_run(up, data, out, off),
+            "cache-on": lambda out: vlm_swap_run(up, data, out, on),
+            "perceiver-cache-off": lambda out: vlm_swap_run(up_perceiver, data, out, off),
+            "perceiver-cache-on": lambda out: vlm_swap_run(up_perceiver, data, out, on),
         }
         n = 0
         for r in range(opts.rounds):
-            pairs = (("vlm-swap", "hf"), ("cache-off", "cache-on"))
+            pairs = (("vlm-swap", "hf"), ("cache-off", "cache-on"), ("perceiver-cache-off", "perceiver-cache-on"))
             for a, b in pairs:
                 for side in (a, b) if r % 2 == 0 else (b, a):
                     n += 1
@@ -243,6 +250,14 @@ def main(argv=None) -> None:
         goal="> 1 (stage with a frozen encoder)",
         uncached_step_ms=round(med["cache-off"] * 1000, 1),
         cached_step_ms=round(med["cache-on"] * 1000, 1),
+        **common,
+    )
+    record(
+        "feature_cache_speedup_perceiver",
+        round(med["perceiver-cache-off"] / med["perceiver-cache-on"], 3),
+        goal="> 1 (stage with a frozen perceiver)",
+        uncached_step_ms=round(med["perceiver-cache-off"] * 1000, 1),
+        cached_step_ms=round(med["perceiver-cache-on"] * 1000, 1),
         **common,
     )
 
