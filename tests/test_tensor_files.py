@@ -108,11 +108,15 @@ def test_flushed_shards_are_written_in_the_background_and_named_at_close(tmp_pat
         w.add(name, t)
     w.end_shard()
     w.add_stream("late", torch.float32, (2,), lambda: (gate.wait(10), torch.ones(2))[1:])
-    w.flush()  # the first shard only: "late" is in an open shard and waits
+    w.flush()  # the first shard only: "late" is in the open shard, written at close
+    part = tmp_path / "part-00001.safetensors"  # its working name until close
+    data = sum(t.numel() * t.element_size() for t in first.values())
     deadline = time.monotonic() + 10
-    while not (done := list(tmp_path.glob("part-*.safetensors"))) and time.monotonic() < deadline:
+    while part.stat().st_size < 8 + struct.unpack("<Q", part.read_bytes()[:8])[0] + data:
+        assert time.monotonic() < deadline, "the flushed shard was not written in the background"
         time.sleep(0.01)
-    assert [f.name for f in done] == ["part-00001.safetensors"]  # written before close, under a working name
+    assert all(torch.equal(load_file(str(part))[k], v) for k, v in first.items())  # whole before close
+    assert [f.name for f in tmp_path.iterdir()] == [part.name]
     w.add("b", torch.zeros(5))
     gate.set()
     files = w.close()
