@@ -191,6 +191,10 @@ def test_export_refusals(tmp_path, llava, perceiver, vit):
     (tmp_path / "full" / "f").write_text("x")
     with pytest.raises(VlmSwapError, match="not empty"):
         export(perc, "remote-code", tmp_path / "full")
+    with pytest.raises(VlmSwapError, match="not a vlm-swap output"):  # --force replaces only our outputs
+        export(perc, "remote-code", tmp_path / "full", force=True)
+    assert (tmp_path / "full" / "f").read_text() == "x"
+    (tmp_path / "full" / "vlm_swap.json").write_text("{}")
     export(perc, "remote-code", tmp_path / "full", force=True)
     assert (tmp_path / "full" / "README.md").is_file() and not (tmp_path / "full" / "f").exists()
     (tmp_path / "run").mkdir()

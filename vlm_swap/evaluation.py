@@ -10,6 +10,7 @@ ability a fine-tune has kept against the source model.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -168,6 +169,26 @@ def flat_scores(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+REPORT_KEYS = {"model", "baseline"}
+
+
+def check_report_path(report: Path, inputs: tuple) -> None:
+    """Refuse a report path that is (or lies inside) an input, and an existing file that is not a
+    previous ``vlm-swap eval`` report (a JSON object with only ``model`` / ``baseline`` entries)."""
+    from .io import check_not_an_input
+
+    check_not_an_input(report, inputs)
+    if report.is_dir():
+        raise VlmSwapError(f"--out {report} is a directory; name a JSON file")
+    if report.exists():
+        try:
+            previous = json.loads(report.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            previous = None
+        if not isinstance(previous, dict) or not previous or not set(previous) <= REPORT_KEYS:
+            raise VlmSwapError(f"refusing to overwrite {report}: it is not a vlm-swap eval report")
+
+
 def evaluate(
     model: str,
     data: Path | None,
@@ -184,6 +205,8 @@ def evaluate(
     from .api import load_any
     from .io import write_json
 
+    if report is not None:
+        check_report_path(Path(report), (model, baseline, data, images, text_data))
     result: dict[str, Any] = {}
     for name, path in (("baseline", baseline), ("model", model)):
         if path is None:

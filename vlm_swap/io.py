@@ -40,6 +40,9 @@ COPY_CHUNK = 256 * 1024**2  # bytes per copy_file_range / write call (the copy i
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 PROVENANCE_NAME = "vlm_swap.json"
+RUN_SUMMARY_NAME = "run.json"
+#: files that mark a directory as written by vlm-swap (``--force`` replaces only such a directory)
+OUTPUT_MARKERS = (PROVENANCE_NAME, RUN_SUMMARY_NAME)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -74,13 +77,40 @@ def clean_stale_temporaries(out: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def check_output_dir(out: Path, force: bool) -> None:
-    """Refuse a non-empty output directory unless ``force``; refuse a file in its place or a parent
-    that cannot be written (before any work is done).
+def _is_vlm_swap_output(path: Path) -> bool:
+    """A directory that a previous vlm-swap command wrote: it holds a provenance file or a run summary."""
+    return any((path / name).is_file() for name in OUTPUT_MARKERS)
+
+
+def check_not_an_input(out: Path, inputs: Iterable[str | Path | None] = ()) -> None:
+    """Refuse an output that is one of the (local) inputs, contains one, or lies inside one, and one
+    that is or contains the current directory: replacing it would destroy what the command reads."""
+    out = Path(out).expanduser().absolute().resolve()
+    for given in inputs:
+        if given is None or not os.path.lexists(Path(given).expanduser()):
+            continue  # a hub id or a catalog id, not a local path
+        inp = Path(given).expanduser().absolute().resolve()
+        if out == inp or out in inp.parents:
+            relation = "is" if out == inp else "contains"
+            raise VlmSwapError(f"output {out} {relation} the input {given}; choose another --out")
+        if inp in out.parents:
+            raise VlmSwapError(f"output {out} lies inside the input {given}; choose another --out")
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents:
+        relation = "is" if out == cwd else "contains"
+        raise VlmSwapError(f"output {out} {relation} the current directory; choose another --out")
+
+
+def check_output_dir(out: Path, force: bool, inputs: Iterable[str | Path | None] = (), *, ours: bool = False) -> None:
+    """Refuse an output that would destroy an input (``check_not_an_input``), a non-empty output
+    directory unless ``force``, and, even with ``force``, a directory that vlm-swap did not write
+    (no provenance file); refuse a file in its place or a parent that cannot be written (before any
+    work is done). ``ours``: the caller wrote ``out`` itself (a stage's ``final/``), no marker needed.
 
     Leftovers of killed runs are dealt with first (``clean_stale_temporaries``), so the check sees
     the previous output even when a kill interrupted its replacement."""
     out = Path(out).expanduser().absolute()
+    check_not_an_input(out, inputs)
     ancestor = next(p for p in (out.parent, *out.parent.parents) if os.path.lexists(p))
     if not ancestor.is_dir():
         raise VlmSwapError(f"cannot write to {out.parent}: {ancestor} is not a directory")
@@ -89,8 +119,14 @@ def check_output_dir(out: Path, force: bool) -> None:
     clean_stale_temporaries(out)
     if out.exists() and not out.is_dir():
         raise VlmSwapError(f"output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise VlmSwapError(f"output directory {out} is not empty; pass --force to replace it")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise VlmSwapError(f"output directory {out} is not empty; pass --force to replace it")
+        if not ours and not _is_vlm_swap_output(out):
+            raise VlmSwapError(
+                f"refusing to replace {out}: it is not a vlm-swap output (no {PROVENANCE_NAME}); "
+                "remove it yourself or choose another --out"
+            )
 
 
 #: errno -> the cause a user can act on, for writes that fail because of the environment
@@ -118,14 +154,17 @@ def write_failure(exc: BaseException, out: Path) -> VlmSwapError | None:
 
 
 @contextlib.contextmanager
-def atomic_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
+def atomic_dir(
+    out: str | Path, *, force: bool = False, inputs: Iterable[str | Path | None] = (), ours: bool = False
+) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``out`` only if the block succeeds.
 
+    ``out`` is checked first (``check_output_dir`` with ``force``, ``inputs`` and ``ours``).
     A write that fails for an environmental cause (see ``WRITE_ERRORS``) raises one ``VlmSwapError``
     line; the temporary is removed and a previous ``out`` stays as it was.
     """
     out = Path(out).expanduser().absolute()
-    check_output_dir(out, force)
+    check_output_dir(out, force, inputs, ours=ours)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -214,7 +214,8 @@ def _assemble(
     out = Path(out)
     if dtype not in DTYPES:
         raise VlmSwapError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
-    check_output_dir(out, force)
+    inputs = (source, encoder.partition(":")[2])
+    check_output_dir(out, force, inputs)
     o = open_inputs(
         source,
         encoder,
@@ -229,7 +230,7 @@ def _assemble(
     skeleton = llm_skeleton(copy.deepcopy(src.text_config))
     files = {path: _read_tensors(src, path) for path in src.weight_files}  # every header read and checked once
     check_llm_shapes(src, files, skeleton)  # before anything is written
-    with atomic_dir(out, force=force) as tmp, ShardWriter(tmp, max_shard_bytes) as writer:
+    with atomic_dir(out, force=force, inputs=inputs) as tmp, ShardWriter(tmp, max_shard_bytes) as writer:
         out_dtype = _stream_llm(src, files, skeleton, writer, text_cfg.vocab_size, o.new_ids, DTYPES[dtype])
         writer.flush()  # the LLM shards are written from here on, while the encoder loads
         p = load_inputs(o)

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..card import write_model_card
 from ..encoders.loading import resolve_source
 from ..errors import VlmSwapError
-from ..io import atomic_dir, check_output_dir, read_json
+from ..io import PROVENANCE_NAME, atomic_dir, check_output_dir, read_json, write_json
 from .llava import export_llava
 from .remote_code import export_remote_code
 
@@ -31,7 +31,7 @@ def export(model: str | Path, fmt: str, out: str | Path, *, force: bool = False)
     if fmt not in FORMATS:
         raise VlmSwapError(f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
     out = Path(out)
-    check_output_dir(out, force)
+    check_output_dir(out, force, (model,))
     model_dir = Path(model)
     if (model_dir / "adapter_config.json").is_file():
         raise VlmSwapError(
@@ -42,7 +42,10 @@ def export(model: str | Path, fmt: str, out: str | Path, *, force: bool = False)
     model_type = read_json(model_dir / "config.json").get("model_type")
     if model_type != "swap_vlm":
         raise VlmSwapError(f"{model} is a {model_type!r} model, not a vlm-swap upgraded model (swap_vlm)")
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, inputs=(model, model_dir)) as tmp:
         facts = FORMATS[fmt](model_dir, tmp)
+        provenance = model_dir / PROVENANCE_NAME
+        base = read_json(provenance) if provenance.is_file() else {}
+        write_json(tmp / PROVENANCE_NAME, {**base, "export": {"format": fmt, "from": str(model_dir)}})
         write_model_card(tmp, base=model_dir, export={"format": fmt, **facts})
     return out

@@ -25,7 +25,16 @@ from transformers.trainer_callback import PrinterCallback
 from ..card import write_model_card
 from ..encoders.loading import weight_files
 from ..errors import VlmSwapError
-from ..io import PROVENANCE_NAME, atomic_dir, read_json, write_json, write_text
+from ..io import (
+    PROVENANCE_NAME,
+    RUN_SUMMARY_NAME,
+    atomic_dir,
+    check_not_an_input,
+    check_output_dir,
+    read_json,
+    write_json,
+    write_text,
+)
 from ..llms import LLMS
 from .data import Collator, Encoder, SwapDataset, load_dataset
 from .engine import NonFiniteError, RichProgress, SwapTrainer, newest_checkpoint, trainable_finite, training_arguments
@@ -34,7 +43,7 @@ from .plan import apply_stage, run_plan, wrap
 from .recipe import Recipe, load_recipe, recipe_to_dict
 
 RECIPE_NAME = "recipe.yaml"
-RUN_NAME = "run.json"
+
 ADAPTER_CONFIG = "adapter_config.json"
 
 
@@ -46,7 +55,8 @@ def _stage_dir(run: Path, index: int, recipe: Recipe) -> Path:
     return run / f"stage-{index + 1}-{recipe.stages[index].name}"
 
 
-def _check_run_dir(run: Path, recipe: Recipe, resume: bool) -> None:
+def _check_run_dir(run: Path, recipe: Recipe, resume: bool, inputs: tuple) -> None:
+    check_not_an_input(run, inputs)
     stored = run / RECIPE_NAME
     if resume:
         if not stored.is_file():
@@ -95,7 +105,7 @@ def train(
     spec = load_recipe(recipe, overrides)  # validated before any model is loaded
     run = Path(out).expanduser().absolute()
     if _rank() == 0:
-        _check_run_dir(run, spec, resume)
+        _check_run_dir(run, spec, resume, (model_dir, data, images))
     model, processor = load(model_dir, allow_pickle=allow_pickle)
     model_path = Path(model.config._name_or_path)
     # validated at the shortest stage length, so every kept sample fits every stage (each stage then
@@ -161,7 +171,7 @@ def train(
                     f"stage {stage.name!r} ended in a non-finite state; its final weights are not saved"
                 )
             if trainer.is_world_process_zero():
-                with atomic_dir(final, force=True) as tmp:
+                with atomic_dir(final, force=True, ours=True) as tmp:
                     trainer.model.save_pretrained(tmp)
                     if not plan.uses_peft:  # a full model: make it loadable on its own
                         _write_model_extras(tmp, processor, model_path, trained_by=str(run))
@@ -180,7 +190,7 @@ def train(
     if _rank() == 0:
         _publish(run, _stage_dir(run, len(spec.stages) - 1, spec) / "final")
         summary["final_loss"] = _last_loss(run, spec)
-        write_json(run / RUN_NAME, summary)
+        write_json(run / RUN_SUMMARY_NAME, summary)
         write_model_card(run, run=run)
         plot_losses(run, spec)
     return run
@@ -283,10 +293,11 @@ def merge(run: str | Path, out: str | Path, *, force: bool = False, allow_pickle
     base = read_json(cfg).get("base_model_name_or_path")
     if not base:
         raise VlmSwapError(f"{cfg} does not name its base model")
+    check_output_dir(Path(out), force, (run, base))  # before anything is read
     weight_files(run, allow_pickle=allow_pickle)  # a pickle-only adapter: refused naming --allow-pickle
     model, processor = load(base, allow_pickle=allow_pickle)
     merged = PeftModel.from_pretrained(model, str(run)).merge_and_unload()
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, inputs=(run, base)) as tmp:
         merged.save_pretrained(tmp)
         _write_model_extras(tmp, processor, Path(base), merged_from=str(run.absolute()))
         write_model_card(tmp, run=run)
