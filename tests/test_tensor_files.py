@@ -101,6 +101,14 @@ def test_writer_mixes_tensors_byte_ranges_and_blocks(tmp_path, st_file):
     assert torch.equal(got["blocks.d"], tensors["d"].half())
 
 
+def _holds(path, tensors) -> bool:
+    try:
+        got = load_file(str(path))
+    except Exception:  # header or data not complete yet
+        return False
+    return all(k in got and torch.equal(got[k], v) for k, v in tensors.items())
+
+
 def test_flushed_shards_are_written_in_the_background_and_named_at_close(tmp_path):
     first = {f"a.{i}": torch.full((3, 4), float(i)) for i in range(3)}
     gate, w = threading.Event(), ShardWriter(tmp_path, workers=2)
@@ -110,15 +118,17 @@ def test_flushed_shards_are_written_in_the_background_and_named_at_close(tmp_pat
     w.add_stream("late", torch.float32, (2,), lambda: (gate.wait(10), torch.ones(2))[1:])
     w.flush()  # the first shard only: "late" is in the open shard, written at close
     part = tmp_path / "part-00001.safetensors"  # its working name until close
-    data = sum(t.numel() * t.element_size() for t in first.values())
-    deadline = time.monotonic() + 10
-    while part.stat().st_size < 8 + struct.unpack("<Q", part.read_bytes()[:8])[0] + data:
-        assert time.monotonic() < deadline, "the flushed shard was not written in the background"
-        time.sleep(0.01)
-    assert all(torch.equal(load_file(str(part))[k], v) for k, v in first.items())  # whole before close
-    assert [f.name for f in tmp_path.iterdir()] == [part.name]
+    deadline = time.monotonic() + 30
+    try:
+        # whole before close: the workers write tensors at their offsets in any order, so the file can
+        # reach its full size before every tensor is in; wait for the content itself
+        while not _holds(part, first):
+            assert time.monotonic() < deadline, "the flushed shard was not written in the background"
+            time.sleep(0.01)
+        assert [f.name for f in tmp_path.iterdir()] == [part.name]
+    finally:
+        gate.set()  # a failed check must not leave the writer's threads waiting (they would outlive this test)
     w.add("b", torch.zeros(5))
-    gate.set()
     files = w.close()
     assert [f.name for f in files] == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
     assert not list(tmp_path.glob("part-*"))

@@ -105,7 +105,7 @@ def train(
     spec = load_recipe(recipe, overrides)  # validated before any model is loaded
     run = Path(out).expanduser().absolute()
     if _rank() == 0:
-        _check_run_dir(run, spec, resume, (model_dir, data, images))
+        _check_run_dir(run, spec, resume, (model_dir, data))
     model, processor = load(model_dir, allow_pickle=allow_pickle)
     model_path = Path(model.config._name_or_path)
     # validated at the shortest stage length, so every kept sample fits every stage (each stage then
