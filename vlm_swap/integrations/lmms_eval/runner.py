@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from rich.progress import Progress
 
 from ...api import load
 from ...errors import VlmSwapError
@@ -68,10 +69,20 @@ def dtype_of(name: str) -> torch.dtype | None:
 
 
 class Runner:
-    """An upgraded model (or training run) answering lmms-eval requests in batches of ``batch_size``."""
+    """An upgraded model (or training run) answering lmms-eval requests in batches of ``batch_size``,
+    with a progress bar over the requests when ``progress`` (lmms-eval's main process)."""
 
-    def __init__(self, pretrained: str, *, device: str | None = None, batch_size: Any = 1, dtype: str = "auto"):
+    def __init__(
+        self,
+        pretrained: str,
+        *,
+        device: str | None = None,
+        batch_size: Any = 1,
+        dtype: str = "auto",
+        progress: bool = False,
+    ):
         self.batch_size = batch_size_of(batch_size)
+        self.progress = progress
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model, self.processor = load(pretrained, dtype=dtype_of(dtype))
@@ -110,12 +121,15 @@ class Runner:
         """Answers in request order; consecutive requests with equal kwargs share a batch."""
         answers: list[str] = []
         start = 0
-        while start < len(contexts):
-            end = start + 1
-            while end < len(contexts) and end - start < self.batch_size and gen_kwargs[end] == gen_kwargs[start]:
-                end += 1
-            answers += self._generate(contexts[start:end], visuals[start:end], dict(gen_kwargs[start]))
-            start = end
+        with Progress(transient=True, disable=not self.progress) as bar:
+            task = bar.add_task("vlm_swap generate_until", total=len(contexts))
+            while start < len(contexts):
+                end = start + 1
+                while end < len(contexts) and end - start < self.batch_size and gen_kwargs[end] == gen_kwargs[start]:
+                    end += 1
+                answers += self._generate(contexts[start:end], visuals[start:end], dict(gen_kwargs[start]))
+                bar.advance(task, end - start)
+                start = end
         return answers
 
     def _generate(self, contexts: list[str], visuals: list[list[Image.Image]], kwargs: dict) -> list[str]:
@@ -156,19 +170,27 @@ class Runner:
     ) -> list[tuple[float, bool]]:
         """(mean negative log-likelihood of the answer tokens, all of them greedy) per request."""
         results: list[tuple[float, bool]] = []
-        for start in range(0, len(contexts), self.batch_size):
-            rows = range(start, min(start + self.batch_size, len(contexts)))
-            batch = self.collate([self.encode(contexts[i], continuations[i], visuals[i]) for i in rows])
-            labels = batch.pop("labels")
-            logits = self.model(**{k: v.to(self.model.device) for k, v in batch.items()}).logits  # [B, L, V]
-            targets = labels[:, 1:].to(logits.device)  # [B, L-1]: the token that position t predicts
-            for b in range(len(rows)):
-                where = (targets[b] != IGNORE).nonzero().squeeze(1)  # answer positions
-                logprobs = logits[b, where].float().log_softmax(-1)  # [n, V]: only these are upcast
-                tokens = targets[b, where]
-                nll = -logprobs.gather(-1, tokens[:, None]).mean()
-                results.append((float(nll), bool((logprobs.argmax(-1) == tokens).all())))
+        with Progress(transient=True, disable=not self.progress) as bar:
+            task = bar.add_task("vlm_swap loglikelihood", total=len(contexts))
+            for start in range(0, len(contexts), self.batch_size):
+                rows = range(start, min(start + self.batch_size, len(contexts)))
+                results += self._score([self.encode(contexts[i], continuations[i], visuals[i]) for i in rows])
+                bar.advance(task, len(rows))
         return results
+
+    def _score(self, encoded: list[dict[str, torch.Tensor]]) -> list[tuple[float, bool]]:
+        batch = self.collate(encoded)
+        labels = batch.pop("labels")
+        logits = self.model(**{k: v.to(self.model.device) for k, v in batch.items()}).logits  # [B, L, V]
+        targets = labels[:, 1:].to(logits.device)  # [B, L-1]: the token that position t predicts
+        scores = []
+        for b in range(len(encoded)):
+            where = (targets[b] != IGNORE).nonzero().squeeze(1)  # answer positions
+            logprobs = logits[b, where].float().log_softmax(-1)  # [n, V]: only these are upcast
+            tokens = targets[b, where]
+            nll = -logprobs.gather(-1, tokens[:, None]).mean()
+            scores.append((float(nll), bool((logprobs.argmax(-1) == tokens).all())))
+        return scores
 
 
 def _cut(text: str, until: list[str]) -> str:

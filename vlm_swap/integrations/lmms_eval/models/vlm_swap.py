@@ -80,7 +80,9 @@ class VlmSwap(lmms):
         state = PartialState()
         if device is None and state.num_processes > 1:
             device = str(state.device)
-        self.runner = Runner(str(pretrained), device=device, batch_size=batch_size, dtype=dtype)
+        self.runner = Runner(
+            str(pretrained), device=device, batch_size=batch_size, dtype=dtype, progress=state.is_main_process
+        )
         self._rank, self._world_size = state.process_index, state.num_processes
 
     @property
