@@ -1,10 +1,10 @@
 """lmms-eval plug-in: ``--model vlm_swap`` evaluates an upgraded model or a training run.
 
 lmms-eval finds the model class in two ways, both served here:
-- lmms-eval >= 0.7: the ``lmms_eval.models`` entry point (declared in pyproject.toml) calls
+- the ``lmms_eval.models`` entry point (declared in pyproject.toml; lmms-eval 0.6.1 and later) calls
   :func:`manifest`, so an installed vlm-swap is enough;
-- older releases: ``LMMS_EVAL_PLUGINS=vlm_swap.integrations.lmms_eval`` makes lmms-eval read
-  ``models.AVAILABLE_MODELS`` and the (empty) ``tasks`` package of this one.
+- the older, now deprecated ``LMMS_EVAL_PLUGINS=vlm_swap.integrations.lmms_eval`` makes lmms-eval
+  read ``models.AVAILABLE_MODELS`` and the (empty) ``tasks`` package of this one.
 
 The request handling lives in :mod:`.runner` and does not need lmms_eval; the class in
 ``models/vlm_swap.py`` is imported by lmms-eval only.
