@@ -134,8 +134,8 @@ def hf_checkpoint_keys(model, keys) -> dict[str, str] | None:
     checkpoint key} for those it loads (others are unexpected there, and skipped). None when loading would do more
     than rename: a transformers ``WeightConverter`` fusing or splitting tensors, or two keys for one weight.
 
-    The rules of ``transformers.core_model_loading.convert_and_load_state_dict_in_model``: the model's conversion
-    mapping (``WeightRenaming`` s of legacy layouts), then the base-model prefix added or stripped."""
+    The rules of ``transformers.core_model_loading.convert_and_load_state_dict_in_model``: the renamings of the
+    model's conversion mapping (legacy layouts), then the base-model prefix added or stripped."""
     from transformers.conversion_mapping import get_model_conversion_mapping
     from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 
