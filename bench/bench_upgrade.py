@@ -13,15 +13,21 @@ fsyncs of the written files to both timings). The CLI process reports how long i
 took and how long the command itself took; the rest of its wall time is interpreter teardown.
 
 Records upgrade_wall_vs_copy (the upgrade command / cp -r), upgrade_process_wall_vs_copy (the
-whole process / cp -r, fixed costs included) and upgrade_peak_rss_vs_checkpoint.
+whole process / cp -r, fixed costs included) and upgrade_peak_rss_vs_checkpoint. With ``--encoder
+qwen3-vl-2b`` the perceiver has Qwen3-VL-2B's widths (2.13 B parameters, random bfloat16 weights,
+4.3 GB in shards, also built in the child process), ``cp -r`` copies the source and the encoder, and
+the figures are upgrade_wall_vs_copy_real_encoder and upgrade_peak_rss_vs_checkpoint_real_encoder
+(peak RSS / the source's bytes, as above).
 
     python bench/bench_upgrade.py [--work /tmp/bench-upgrade] [--runs 3] [--fsync] [--clean]
+                                  [--encoder tiny|qwen3-vl-2b]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -37,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import record  # noqa: E402
 
 SHARD_BYTES = 500 * 1024**2
+ENCODER_WIDTHS = ("tiny", "qwen3-vl-2b")
 TEXT = dict(  # TinyLlama-1.1B's widths with 24 layers: 1.19 B parameters
     hidden_size=2048,
     intermediate_size=5632,
@@ -49,11 +56,38 @@ TEXT = dict(  # TinyLlama-1.1B's widths with 24 layers: 1.19 B parameters
 )
 
 
+def write_random_shards(out: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Random bfloat16 tensors of ``shapes`` in safetensors shards of about ``SHARD_BYTES`` with an index, each
+    shard made, written and freed before the next (the checkpoint is never whole in memory)."""
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(0)
+    shards, pending, size = [], {}, 0
+    for name, shape in shapes.items():
+        nbytes = math.prod(shape) * 2
+        if pending and size + nbytes > SHARD_BYTES:
+            shards.append(pending)
+            pending, size = {}, 0
+        pending[name] = shape
+        size += nbytes
+    shards.append(pending)
+    n, weight_map, total = len(shards), {}, 0
+    for i, shard in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        tensors = {k: torch.empty(v, dtype=torch.bfloat16).normal_(0, 0.02, generator=gen) for k, v in shard.items()}
+        save_file(tensors, str(out / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+        total += sum(t.numel() * 2 for t in tensors.values())
+        del tensors
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
 def build_source(out: Path) -> Path:
-    """A random-initialised llava-hf checkpoint written shard by shard (never whole in memory)."""
+    """A random-initialised llava-hf checkpoint: the tiny zoo model's files, TinyLlama's widths."""
     import torch
     import transformers as tf
-    from safetensors.torch import save_file
 
     from vlm_swap import zoo
 
@@ -69,40 +103,42 @@ def build_source(out: Path) -> Path:
     config.dtype = config.text_config.dtype = "bfloat16"
     with torch.device("meta"):
         meta = tf.LlavaForConditionalGeneration(config)
-    shapes = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
-    gen = torch.Generator().manual_seed(0)
-    shards, pending, size = [], {}, 0
-    for name, shape in shapes.items():
-        t = torch.empty(shape, dtype=torch.bfloat16).normal_(0, 0.02, generator=gen)
-        if pending and size + t.numel() * 2 > SHARD_BYTES:
-            shards.append(pending)
-            pending, size = {}, 0
-        pending[name] = t
-        size += t.numel() * 2
-        if size >= SHARD_BYTES:
-            shards.append(pending)
-            pending, size = {}, 0
-    if pending:
-        shards.append(pending)
-    n, weight_map, total = len(shards), {}, 0
-    for i, shard in enumerate(shards):  # each shard is freed before the next is made
-        name = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-        save_file(shard, str(out / name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, name))
-        total += sum(t.numel() * 2 for t in shard.values())
-        shards[i] = None
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    write_random_shards(out, {k: tuple(v.shape) for k, v in meta.state_dict().items()})
     config.save_pretrained(out)
     (out / ".complete").touch()
     return out
 
 
-def build_perceiver(out: Path) -> Path:
-    from vlm_swap import zoo
+def build_perceiver(out: Path, width: str = "tiny") -> Path:
+    """The tiny zoo Qwen3-VL perceiver; with ``width="qwen3-vl-2b"``, its processor and tokenizer with the
+    published Qwen3-VL-2B widths (the catalog's architecture: 2.13 B parameters, 4.3 GB in bfloat16), random
+    weights in shards, the tiny tokenizer's special-token ids kept."""
+    import torch
+    import transformers as tf
 
-    if not (out / "model.safetensors").is_file():
-        zoo.build_perceiver(out)
+    from vlm_swap import zoo
+    from vlm_swap.catalog import CATALOG
+
+    if (out / ".complete").is_file():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    zoo.build_perceiver(out)
+    if width != "tiny":
+        for f in out.glob("*.safetensors"):
+            f.unlink()
+        arch = CATALOG.get(width).arch
+        config = tf.AutoConfig.from_pretrained(out)
+        for part in ("text_config", "vision_config"):
+            for k, v in arch[part].items():
+                setattr(getattr(config, part), k, v)
+        config.dtype = config.text_config.dtype = config.vision_config.dtype = "bfloat16"
+        with torch.device("meta"):
+            meta = tf.Qwen3VLForConditionalGeneration(config)
+        shapes = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
+        shapes.pop("lm_head.weight")  # tied to the input embeddings: not saved, as save_pretrained does
+        write_random_shards(out, shapes)
+        config.save_pretrained(out)
+    (out / ".complete").touch()
     return out
 
 
@@ -199,22 +235,33 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="timed runs of each command (the median is kept)")
     ap.add_argument("--fsync", action="store_true", help="include fsyncs of the written files in both timings")
     ap.add_argument("--clean", action="store_true", help="delete the work directory at the end")
+    ap.add_argument(
+        "--encoder",
+        choices=ENCODER_WIDTHS,
+        default="tiny",
+        help="the perceiver: tiny, or Qwen3-VL-2B's widths (4.3 GB; records the *_real_encoder figures)",
+    )
     ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    src, perceiver = args.work / "source", args.work / "perceiver"
+    wide = args.encoder != "tiny"
+    src, perceiver = args.work / "source", args.work / ("perceiver" if not wide else f"perceiver-{args.encoder}")
     if args.build_only:
         build_source(src)
-        build_perceiver(perceiver)
+        build_perceiver(perceiver, args.encoder)
         return
-    # built in a child process: a child forked from a parent that held the 2 GB of weights would report
-    # the parent's pages in its own peak RSS
-    subprocess.run([sys.executable, __file__, "--work", str(args.work), "--build-only"], check=True)
+    # built in a child process: a child forked from a parent that held the weights would report the
+    # parent's pages in its own peak RSS
+    build = [sys.executable, __file__, "--work", str(args.work), "--encoder", args.encoder, "--build-only"]
+    subprocess.run(build, check=True)
     ckpt = sum(f.stat().st_size for f in src.glob("*.safetensors"))
+    enc_bytes = sum(f.stat().st_size for f in perceiver.glob("*.safetensors"))
     n_shards = len(list(src.glob("*.safetensors")))
     cp_out, up_out = args.work / "copy", args.work / "upgraded"
     cli = [sys.executable, "-c", CLI_DRIVER]
     copy_cmd = ["cp", "-r", str(src), str(cp_out)]
+    if wide:  # the upgrade reads both checkpoints and writes both: the copy copies both
+        copy_cmd = ["sh", "-c", 'mkdir "$2" && cp -r "$0" "$1" "$2"/', str(src), str(perceiver), str(cp_out)]
     upgrade_cmd = [*cli, "upgrade", str(src), "--encoder", f"perceiver:{perceiver}", "--out", str(up_out)]
     imports_cmd = [sys.executable, "-c", "import vlm_swap.cli, vlm_swap.upgrade"]
 
@@ -241,7 +288,8 @@ def main() -> None:
     vs_copy = med(u / c for u, c in zip(commands, walls, strict=True))
     process_vs_copy = med(u / c for u, c in zip(processes, walls, strict=True))
     gib = 1024**3
-    print(f"source: {ckpt / gib:.2f} GiB in {n_shards} shards (bfloat16); output {upgrades[-1].written / gib:.2f} GiB")
+    print(f"source: {ckpt / gib:.2f} GiB in {n_shards} shards (bfloat16); encoder {enc_bytes / gib:.2f} GiB")
+    print(f"output {upgrades[-1].written / gib:.2f} GiB")
     print(f"{'':36}{'median s':>9}  runs")
     for label, times in (
         ("cp -r", walls),
@@ -254,25 +302,29 @@ def main() -> None:
     print(f"peak RSS of upgrade {peak / 2**20:.0f} MiB; of importing vlm_swap alone {baseline / 2**20:.0f} MiB")
     common = dict(checkpoint_bytes=ckpt, shards=n_shards, runs=args.runs, copy_s=round(med(walls), 3))
     common["writes"] = "fsynced" if args.fsync else "page cache (no fsync), source read from the page cache"
-    record(
-        "upgrade_wall_vs_copy",
-        round(vs_copy, 3),
-        goal="<= 1.5",
-        upgrade_s=round(med(commands), 3),
-        import_s=round(med(u.imports for u in upgrades), 3),
-        exit_s=round(med(exits), 3),
-        note="the upgrade command, timed inside the CLI process (after `import vlm_swap`) from its start to its return",
-        **common,
-    )
-    record("upgrade_process_wall_vs_copy", round(process_vs_copy, 3), process_s=round(med(processes), 3), **common)
-    record(
-        "upgrade_peak_rss_vs_checkpoint",
-        round(peak / ckpt, 3),
-        goal="<= 0.6",
-        peak_rss_bytes=peak,
-        import_rss_bytes=baseline,
-        checkpoint_bytes=ckpt,
-    )
+    rss = dict(peak_rss_bytes=peak, import_rss_bytes=baseline)
+    if wide:
+        encoder = f"{args.encoder}-shaped Qwen3-VL perceiver, random bfloat16 weights, {enc_bytes} bytes"
+        common |= {"encoder": encoder, "encoder_bytes": enc_bytes, "copy": "cp -r of the source and the encoder"}
+        rss |= {"peak_rss_vs_source_and_encoder": round(peak / (ckpt + enc_bytes), 3), **common}
+        record("upgrade_wall_vs_copy_real_encoder", round(vs_copy, 3), upgrade_s=round(med(commands), 3), **common)
+    else:
+        rss["checkpoint_bytes"] = ckpt
+        record(
+            "upgrade_wall_vs_copy",
+            round(vs_copy, 3),
+            goal="<= 1.5",
+            upgrade_s=round(med(commands), 3),
+            import_s=round(med(u.imports for u in upgrades), 3),
+            exit_s=round(med(exits), 3),
+            note="the upgrade command, timed inside the CLI process (after `import vlm_swap`) from its start to its "
+            "return",
+            **common,
+        )
+        process_s = round(med(processes), 3)
+        record("upgrade_process_wall_vs_copy", round(process_vs_copy, 3), process_s=process_s, **common)
+    name = "upgrade_peak_rss_vs_checkpoint" + ("_real_encoder" if wide else "")
+    record(name, round(peak / ckpt, 3), goal="<= 0.6", **rss)
     if args.clean:
         shutil.rmtree(args.work, ignore_errors=True)
 

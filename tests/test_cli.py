@@ -160,7 +160,8 @@ def test_encoder_failure_leaves_nothing(tmp_path, llava, vit):
     shutil.copytree(vit("siglip"), enc)
     (enc / "model.safetensors").write_bytes(b"\x00" * 64)
     out = tmp_path / "o"
-    assert_clean_failure(run("upgrade", llava(), "-e", f"hf-vit:{enc}", "-o", out), "SiglipVisionModel", out_dir=out)
+    result = run("upgrade", llava(), "-e", f"hf-vit:{enc}", "-o", out)
+    assert_clean_failure(result, "corrupted or truncated safetensors file", str(enc / "model.safetensors"), out_dir=out)
 
 
 def test_image_that_is_not_an_image(tmp_path, llava, vit):

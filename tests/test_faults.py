@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 import vlm_swap
 from vlm_swap.cli import app
 from vlm_swap.errors import VlmSwapError
+from vlm_swap.tensor_files import read_safetensors_header
 
 from .helpers import cli_command
 
@@ -140,11 +141,11 @@ def test_corrupted_safetensors_fail_in_one_line_and_write_nothing(tmp_path, llav
     src, enc = tmp_path / "src", tmp_path / "enc"
     shutil.copytree(llava(), src)
     shutil.copytree(vit(), enc)
-    corrupt((src if part == "source" else enc) / "model.safetensors")
+    corrupted = (src if part == "source" else enc) / "model.safetensors"
+    corrupt(corrupted)
     out = tmp_path / "o"
     result = runner.invoke(app, ["upgrade", str(src), "-e", f"hf-vit:{enc}", "-o", str(out)])
-    what = "safetensors" if part == "source" else "could not load"
-    assert_clean_failure(result, what, out=out)
+    assert_clean_failure(result, "corrupted or truncated safetensors file", str(corrupted), out=out)
 
 
 # ---- destinations that cannot be written ------------------------------------------------------------
@@ -200,6 +201,29 @@ def test_a_full_disk_fails_in_one_line_and_keeps_the_previous_output(tmp_path, l
     before = digest(out)
     cmd, env = upgrade_cmd(llava(), vit(), out, "--force")
     limit = max(f.stat().st_size for f in out.glob("*.safetensors")) // 2
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, preexec_fn=_file_size_limit(limit))
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "file too large" in done.stderr and str(out) in done.stderr, done.stderr
+    assert digest(out) == before and not leftovers(out)
+
+
+def test_a_full_disk_while_the_encoder_is_copied_keeps_the_previous_output(tmp_path, llava, perceiver):
+    """Fault: the disk fills while the encoder's tensors are copied from its checkpoint, after the LLM's shard was
+    written whole: a file-size limit between the LLM shard's size and the encoder shard's."""
+    out = vlm_swap.upgrade(str(llava()), f"perceiver:{perceiver()}", tmp_path / "up")
+    before = digest(out)
+    weight_map = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    encoder_shards = {name for key, name in weight_map.items() if key.startswith("encoder.")}
+    assert len(encoder_shards) == 1  # the encoder's tensors in a shard of their own (with the connector)
+    shard = encoder_shards.pop()
+    sizes = {name: (out / name).stat().st_size for name in set(weight_map.values())}
+    encoder_size = sizes.pop(shard)
+    limit = (max(sizes.values()) + encoder_size) // 2
+    header = read_safetensors_header(out / shard)
+    connector_start = min(t.start for k, t in header.items() if k.startswith("connector."))
+    assert max(sizes.values()) < limit < connector_start  # the limit falls among the encoder's bytes
+    cmd = [*cli_command(), "upgrade", str(llava()), "-e", f"perceiver:{perceiver()}", "-o", str(out), "--force"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, preexec_fn=_file_size_limit(limit))
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "file too large" in done.stderr and str(out) in done.stderr, done.stderr

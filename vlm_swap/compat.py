@@ -5,6 +5,9 @@ connector maps any width, but both must be known), the image-token budget agains
 context, placeholder tokens (present, or added with new embedding rows), pad != eos, and the
 text family (same family is expected to align more deeply, DPA's premise; it is reported, not
 enforced, since only hidden states cross over).
+
+The end of the file holds the wrappers of dependencies' internal APIs (transformers' loading rules,
+used to stream an encoder's weights as ``from_pretrained`` would load them), each with a test.
 """
 
 from __future__ import annotations
@@ -113,3 +116,41 @@ def require_compatible(checks: list[Check]) -> None:
 
 def as_dicts(checks: list[Check]) -> list[dict]:
     return [asdict(c) for c in checks]
+
+
+# ---- transformers internals: what ``from_pretrained`` does with a checkpoint, without loading it ---------------
+
+
+def hf_auto_dtype(config, files: list, sharded_metadata: dict | None) -> None:
+    """Set ``config.dtype`` (and its sub-configs') as ``from_pretrained(dtype="auto")`` does for these weight files:
+    the config's own dtype, else the index's, else the first floating tensor's of the first file."""
+    from transformers.modeling_utils import _get_dtype
+
+    _get_dtype("auto", [str(f) for f in files], config, sharded_metadata, None, True)
+
+
+def hf_checkpoint_keys(model, keys) -> dict[str, str] | None:
+    """Where ``type(model).from_pretrained`` puts the checkpoint tensors ``keys``: {state-dict key of ``model``:
+    checkpoint key} for those it loads (others are unexpected there, and skipped). None when loading would do more
+    than rename: a transformers ``WeightConverter`` fusing or splitting tensors, or two keys for one weight.
+
+    The rules of ``transformers.core_model_loading.convert_and_load_state_dict_in_model``: the renamings of the
+    model's conversion mapping (legacy layouts), then the base-model prefix added or stripped."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    meta, prefix = model.state_dict(), model.base_model_prefix
+    found: dict[str, str] = {}
+    for key in keys:
+        target, converter = rename_source_key(key, renamings, converters, prefix, meta)
+        if target not in meta and key in meta:  # a renaming that should not have fired: only the prefix rule
+            target, converter = rename_source_key(key, [], [], base_model_prefix=prefix, meta_state_dict=meta)
+        if target not in meta:
+            continue
+        if converter is not None or target in found:
+            return None
+        found[target] = key
+    return found

@@ -4,10 +4,13 @@ This is the only module that touches both the source parts and the new encoder. 
 streamed tensor by tensor from the source shards to the output shards without materialising the
 model, and stays bit-identical (unless ``dtype`` asks for a cast); only the embedding rows of
 added placeholder tokens are appended (initialised to the mean row). The tokens are planned first
-(``open_inputs``), so every LLM tensor is known before the encoder is loaded: the LLM shards are
-written in the background while the encoder loads with its own loader and the pair checks run
-(``load_inputs``). A fresh connector is sized from the encoder width to the LLM width, and the
-whole directory is written atomically.
+(``open_inputs``), so every LLM tensor is known before the encoder is opened: the LLM shards are
+written in the background while the encoder is opened by its backend and the pair checks run
+(``load_inputs``). The encoder is not loaded either: its module is built on the meta device and its
+tensors are copied from its own checkpoint files the same way (``encoders.streaming``; an encoder
+that loading would change beyond renaming keys, or pickle weights, is loaded whole). A fresh
+connector is sized from the encoder width to the LLM width, and the whole directory is written
+atomically.
 """
 
 from __future__ import annotations
@@ -164,9 +167,11 @@ def open_inputs(
 
 
 def load_inputs(o: Opened) -> Prepared:
-    """Load the encoder and run the pair checks (no writes)."""
+    """Open the encoder and run the pair checks (no writes). Its weights are not read: its module is built on the
+    meta device and its tensors are those of its checkpoint files (``LoadedEncoder.weights``), unless they need
+    more than renaming to load (then, or for pickle weights, it is loaded whole)."""
     loaded = ENCODERS.get(o.spec.kind).load(
-        o.enc_path, dtype=None, trust_remote_code=o.trust_remote_code, allow_pickle=o.allow_pickle
+        o.enc_path, dtype=None, trust_remote_code=o.trust_remote_code, allow_pickle=o.allow_pickle, stream=True
     )
     if loaded.module.uses_boundaries != bool(o.plan.image_start):
         raise VlmSwapError(f"encoder backend {o.spec.kind!r}: has_boundaries() disagrees with the loaded encoder")
@@ -236,8 +241,7 @@ def _assemble(
         p = load_inputs(o)
         require_compatible(p.checks)
         loaded = p.loaded
-        for k, v in loaded.module.to(out_dtype).state_dict().items():
-            writer.add(f"encoder.{k}", v.detach())
+        _add_encoder(writer, loaded, out_dtype)
         with torch.random.fork_rng(devices=[]):  # a seeded connector init, the caller's RNG untouched
             torch.manual_seed(seed)
             conn = CONNECTORS.get(o.connector).build(loaded.module.feature_dim, text_cfg.hidden_size)
@@ -353,6 +357,18 @@ def _stream_llm(
             f"the source lacks {len(missing)} LLM weights (first: {missing[0]}): config/weights mismatch"
         )
     return out_dtype or torch.float32
+
+
+def _add_encoder(writer: ShardWriter, loaded: LoadedEncoder, dtype: torch.dtype) -> None:
+    """Register the encoder's tensors as ``encoder.*``, floating ones cast to ``dtype``: byte ranges of its
+    checkpoint files (a new shard at each file, so that the copies keep their offsets mod 64 KiB) or, for an
+    encoder loaded whole, its tensors in memory."""
+    path = None
+    for key, t in loaded.tensors().items():
+        if t.raw is not None and t.raw.path != path:
+            writer.end_shard()
+            path = t.raw.path
+        _add_tensor(writer, f"encoder.{key}", t, dtype if t.dtype.is_floating_point else t.dtype)
 
 
 def llm_skeleton(text_cfg: PreTrainedConfig) -> torch.nn.Module:

@@ -8,11 +8,14 @@ model scatters them into the placeholder positions of the LLM prompt in the same
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 from transformers import PreTrainedConfig
+
+if TYPE_CHECKING:
+    from ..tensor_files import SourceTensor
 
 
 class EncoderBackend(nn.Module):
@@ -40,10 +43,18 @@ class EncoderBackend(nn.Module):
 
     @classmethod
     def load(
-        cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool, allow_pickle: bool = False
+        cls,
+        source: str,
+        *,
+        dtype: torch.dtype | None,
+        trust_remote_code: bool,
+        allow_pickle: bool = False,
+        stream: bool = False,
     ) -> LoadedEncoder:
         """Load the encoder from a local dir with its image processor; pickle weights only with ``allow_pickle``
-        (read with ``weights_only=True``)."""
+        (read with ``weights_only=True``). With ``stream``, a safetensors checkpoint that loads by renaming keys
+        alone is not read: the module is built on the meta device and ``LoadedEncoder.weights`` maps its state
+        dict to the checkpoint's tensors (``streaming``); ``dtype`` is then the caller's to apply."""
         raise NotImplementedError
 
     @classmethod
@@ -63,13 +74,32 @@ class EncoderBackend(nn.Module):
 
 
 class LoadedEncoder:
-    """An encoder as loaded from its source: module, image processor and the facts to save."""
+    """An encoder as loaded from its source: module, image processor and the facts to save.
 
-    def __init__(self, module: EncoderBackend, config: PreTrainedConfig | None, image_processor: Any, info: dict):
+    ``weights``, when set, holds the module's state dict as tensors of the checkpoint files, and the module is on
+    the meta device (``load(..., stream=True)``)."""
+
+    def __init__(
+        self,
+        module: EncoderBackend,
+        config: PreTrainedConfig | None,
+        image_processor: Any,
+        info: dict,
+        weights: dict[str, SourceTensor] | None = None,
+    ):
         self.module = module
         self.config = config
         self.image_processor = image_processor
         self.info = info  # e.g. {"model_type": ..., "source": ...}
+        self.weights = weights
+
+    def tensors(self) -> dict[str, SourceTensor]:
+        """The module's state dict as tensors to stream: from the checkpoint files, else from the loaded module."""
+        from ..tensor_files import SourceTensor  # upgrade time only (not in exports)
+
+        if self.weights is not None:
+            return self.weights
+        return {k: SourceTensor.in_memory(v.detach()) for k, v in self.module.state_dict().items()}
 
 
 def strided_rows(image_inputs: dict[str, Any], index: int, args: dict[str, Any]) -> int:

@@ -74,18 +74,33 @@ class HFViTEncoder(EncoderBackend):
 
     @classmethod
     def load(
-        cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool, allow_pickle: bool = False
+        cls,
+        source: str,
+        *,
+        dtype: torch.dtype | None,
+        trust_remote_code: bool,
+        allow_pickle: bool = False,
+        stream: bool = False,
     ) -> LoadedEncoder:
-        from .loading import load_auto, load_config, load_pretrained  # upgrade time only (not in exports)
+        from .loading import load_auto, load_config  # upgrade time only (not in exports)
+        from .streaming import prefixed, pretrained
 
         config = load_config(source, trust_remote_code)
         vcfg = vision_tower_config(config)
         class_name, has_cls, layer = VISION_TOWERS[config.model_type]
         tower_cls = getattr(transformers, class_name)
-        vision_model = load_pretrained(
-            tower_cls, source, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+        tower_cfg = tower_cls.config_class.from_pretrained(source)  # as from_pretrained reads it (a dual-tower's part)
+        vision_model, weights = pretrained(
+            tower_cls,
+            source,
+            tower_cfg,
+            stream=stream,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
         )
         args = {"feature_layer": layer, "has_cls": has_cls, "drop_cls": has_cls, "patch_size": vcfg.patch_size}
         module = cls(vision_model.config, args, model=vision_model)
         processor = load_auto(AutoImageProcessor, source, "image processor", trust_remote_code=trust_remote_code)
-        return LoadedEncoder(module, vision_model.config, processor, {"model_type": config.model_type})
+        info = {"model_type": config.model_type}
+        return LoadedEncoder(module, vision_model.config, processor, info, prefixed("model.", weights))

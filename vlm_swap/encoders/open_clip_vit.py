@@ -4,7 +4,8 @@ OpenCLIP has no HF config class, so ``encoder_config`` is None and ``encoder_arg
 the tower's part of the open_clip model config (embed_dim, quick_gelu, vision_cfg): enough to rebuild
 its architecture without network. A source is a directory in the open_clip hub layout:
 ``open_clip_config.json`` (``model_cfg``, ``preprocess_cfg``) and ``open_clip_model.safetensors``
-(pickle weights only with ``allow_pickle``, read ``weights_only``); only the ``visual.*`` weights are read.
+(pickle weights only with ``allow_pickle``, read ``weights_only``); only the ``visual.*`` weights are read
+(at upgrade, not even those: ``stream_visual`` maps them to byte ranges of the file).
 Features are the tokens of block ``feature_layer`` (-2 by default, LLaVA's convention) from open_clip's
 ``forward_intermediates``, without the CLS token. The image processor is a ``CLIPImageProcessor`` set
 up from the preprocess config (size, mean, std, interpolation, resize mode). Native ViT towers and
@@ -13,6 +14,7 @@ timm ViT trunks are supported; open_clip is imported only when an open-clip enco
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,53 @@ def read_visual_weights(weights: Path, allow_pickle: bool = False) -> dict[str, 
         return {k.removeprefix("visual."): st.get_tensor(k) for k in st.keys() if k.startswith("visual.")}
 
 
+@contextlib.contextmanager
+def _building(source: str):
+    """Errors of open_clip while building the tower or loading its weights, as one line naming ``source``."""
+    try:
+        yield
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise VlmSwapError(f"cannot build the open_clip visual tower of {source}: {first}") from exc
+
+
+def _check_keys(weights: Path, missing: list[str], unexpected: list[str]) -> None:
+    if missing or unexpected:
+        raise VlmSwapError(
+            f"{weights.name} does not match model_cfg.vision_cfg: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected visual weights (first: {(missing + unexpected)[0]})"
+        )
+
+
+def load_visual(
+    model_cfg: dict[str, Any], weights: Path, source: str, dtype: torch.dtype | None, allow_pickle: bool
+) -> torch.nn.Module:
+    """The visual tower with the ``visual.*`` weights of ``weights`` loaded, in ``dtype`` (else the file's)."""
+    with _building(source):
+        visual = build_visual(model_cfg)
+        state = read_visual_weights(weights, allow_pickle)
+        missing, unexpected = visual.load_state_dict(state, strict=False)
+    _check_keys(weights, missing, unexpected)
+    floats = [t.dtype for t in state.values() if t.is_floating_point()]
+    return visual.to(dtype or (floats[0] if floats else torch.float32)).eval()
+
+
+def stream_visual(model_cfg: dict[str, Any], weights: Path, source: str):
+    """(the visual tower on the meta device, its state dict as tensors of the safetensors file ``weights``), the
+    keys checked as ``load_visual`` checks them; None when loading would cast a tensor to another kind of dtype."""
+    from ..tensor_files import safetensors_tensors
+    from .streaming import matched, meta_module
+
+    with _building(source):
+        visual = meta_module(lambda: build_visual(model_cfg))
+    tensors = safetensors_tensors(weights)
+    state = {k.removeprefix("visual."): t for k, t in tensors.items() if k.startswith("visual.")}
+    expected = visual.state_dict()
+    _check_keys(weights, [k for k in expected if k not in state], [k for k in state if k not in expected])
+    found = matched(visual, state, source)
+    return None if found is None else (visual, found)
+
+
 class OpenCLIPEncoder(EncoderBackend):
     kind = "open-clip"
     help = "OpenCLIP visual tower from an open_clip hub dir (feature layer, CLS dropped)"
@@ -100,8 +149,16 @@ class OpenCLIPEncoder(EncoderBackend):
 
     @classmethod
     def load(
-        cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool, allow_pickle: bool = False
+        cls,
+        source: str,
+        *,
+        dtype: torch.dtype | None,
+        trust_remote_code: bool,
+        allow_pickle: bool = False,
+        stream: bool = False,
     ) -> LoadedEncoder:
+        from .streaming import prefixed
+
         path = Path(source)
         if not (path / CONFIG_NAME).is_file():
             raise VlmSwapError(f"no {CONFIG_NAME} in {source}: not an open_clip checkpoint")
@@ -118,24 +175,12 @@ class OpenCLIPEncoder(EncoderBackend):
                 names = [p.name for p in found] or "no weights"
                 raise VlmSwapError(f"no {WEIGHTS_NAME} in {source} (found: {names}); only safetensors load{hint}")
             weights = pickles[0]
-        try:
-            visual = build_visual(model_cfg)
-            state = read_visual_weights(weights, allow_pickle)
-            missing, unexpected = visual.load_state_dict(state, strict=False)
-        except (TypeError, ValueError, KeyError, RuntimeError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise VlmSwapError(f"cannot build the open_clip visual tower of {source}: {first}") from exc
-        if missing or unexpected:
-            raise VlmSwapError(
-                f"{weights.name} does not match model_cfg.vision_cfg: {len(missing)} missing, "
-                f"{len(unexpected)} unexpected visual weights (first: {(missing + unexpected)[0]})"
-            )
-        floats = [t.dtype for t in state.values() if t.is_floating_point()]
-        visual = visual.to(dtype or (floats[0] if floats else torch.float32)).eval()
+        streamed = stream_visual(model_cfg, weights, source) if stream and weights.suffix == ".safetensors" else None
+        visual, state = streamed or (load_visual(model_cfg, weights, source, dtype, allow_pickle), None)
         size, stride = tower_geometry(visual)
         tower_cfg = {k: model_cfg[k] for k in ("embed_dim", "quick_gelu", "vision_cfg") if k in model_cfg}
         args = {"model_cfg": tower_cfg, "feature_layer": -2, "stride": stride}
         module = cls(None, args, model=visual)
         processor = image_processor(cfg.get("preprocess_cfg") or {}, size)
         info = {"model_type": "open_clip", "vision": model_cfg["vision_cfg"].get("timm_model_name") or "vit"}
-        return LoadedEncoder(module, None, processor, info)
+        return LoadedEncoder(module, None, processor, info, prefixed("model.", state))

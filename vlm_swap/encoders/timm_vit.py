@@ -23,7 +23,6 @@ from ..errors import VlmSwapError
 from ..io import read_json
 from .base import EncoderBackend, LoadedEncoder, strided_rows
 from .eval_transform import clip_processor
-from .loading import load_pretrained
 
 
 def timm_config(raw: dict[str, Any], source: str):
@@ -86,15 +85,30 @@ class TimmViTEncoder(EncoderBackend):
 
     @classmethod
     def load(
-        cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool, allow_pickle: bool = False
+        cls,
+        source: str,
+        *,
+        dtype: torch.dtype | None,
+        trust_remote_code: bool,
+        allow_pickle: bool = False,
+        stream: bool = False,
     ) -> LoadedEncoder:
         import timm.data
         from transformers import TimmWrapperModel
 
+        from .streaming import prefixed, pretrained
+
         raw = read_json(Path(source) / "config.json")
         config = timm_config(raw, source)
-        model = load_pretrained(
-            TimmWrapperModel, source, dtype=dtype, trust_remote_code=False, allow_pickle=allow_pickle, config=config
+        model, weights = pretrained(
+            TimmWrapperModel,
+            source,
+            config,
+            stream=stream,
+            dtype=dtype,
+            trust_remote_code=False,
+            allow_pickle=allow_pickle,
+            config=config,
         )
         vit = model.timm_model
         if not all(hasattr(vit, a) for a in ("patch_embed", "num_prefix_tokens", "forward_intermediates")):
@@ -109,4 +123,4 @@ class TimmViTEncoder(EncoderBackend):
             "architecture": config.architecture,
             "prefix_tokens": vit.num_prefix_tokens,
         }
-        return LoadedEncoder(module, model.config, image_processor(data), info)
+        return LoadedEncoder(module, model.config, image_processor(data), info, prefixed("model.", weights))

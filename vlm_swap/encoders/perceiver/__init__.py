@@ -22,6 +22,7 @@ tokenizer; families are listed in ``PERCEIVER_FAMILIES``, any other model type i
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -121,14 +122,27 @@ class PerceiverEncoder(EncoderBackend):
 
     @classmethod
     def load(
-        cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool, allow_pickle: bool = False
+        cls,
+        source: str,
+        *,
+        dtype: torch.dtype | None,
+        trust_remote_code: bool,
+        allow_pickle: bool = False,
+        stream: bool = False,
     ) -> LoadedEncoder:
-        from ..loading import load_pretrained  # upgrade time only: an exported model's code does without it
+        from ..streaming import prefixed, pretrained  # upgrade time only: an exported model's code does without it
 
         config = load_config(source, trust_remote_code)
         family = check_family(config)
-        model = load_pretrained(
-            AutoModel, source, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+        model, weights = pretrained(
+            AutoModel,
+            source,
+            config,
+            stream=stream,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+            build=partial(AutoModel.from_config, trust_remote_code=trust_remote_code),
         )
         try:
             processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -142,6 +156,7 @@ class PerceiverEncoder(EncoderBackend):
             model.config,
             processor.image_processor,
             {"model_type": config.model_type, "family": family.name, "text_family": family.text_family},
+            prefixed("model.", weights),
         )
 
 
