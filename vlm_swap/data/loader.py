@@ -161,7 +161,8 @@ class Collator:
             positions[i, start:] = torch.arange(width - start)  # padding: a sequence of its own
         batch = {"input_ids": input_ids, "labels": labels}
         if packed:
-            batch["position_ids"] = positions
+            # no KV cache either: transformers derives the per-sample mask from position ids only without one
+            batch.update(position_ids=positions, use_cache=False)
         else:
             batch["attention_mask"] = mask
         text_keys = {"input_ids", "labels", "skipped"}
