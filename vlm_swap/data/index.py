@@ -88,20 +88,22 @@ class DataReport:
 class IndexedSamples:
     """The usable rows of an index, as Samples decoded from the memory-mapped table one at a time."""
 
-    def __init__(self, table, rows: np.ndarray, lengths: np.ndarray):
+    def __init__(self, table, rows: np.ndarray, lengths: np.ndarray, max_length: int):
         self.table = table  # datasets.Dataset over the whole index (memory-mapped)
         self.rows = rows  # [N] int64 row numbers of the kept samples in ``table``
         self.full_lengths = lengths  # [N] int32 untruncated token counts
+        self.max_length = max_length  # the one the samples were kept for
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return IndexedSamples(self.table, self.rows[i], self.full_lengths[i])
+            return IndexedSamples(self.table, self.rows[i], self.full_lengths[i], self.max_length)
         row = self.table[int(self.rows[i])]
         images = [im["bytes"] if im["bytes"] is not None else im["path"] for im in row["images"]]
-        return Sample(row["line"], json.loads(row["messages"]), images, int(row["length"]), row["options"])
+        length = min(int(row["length"]), self.max_length)
+        return Sample(row["line"], json.loads(row["messages"]), images, length, row["options"])
 
     def __iter__(self) -> Iterator[Sample]:
         return (self[i] for i in range(len(self)))
@@ -236,7 +238,7 @@ def _build(path: Path, kind: str, ctx: _Context, out: Path, workers: int, progre
     try:
         with _Ticker(progress, "reading rows", None):
             source = _source(path, kind, build_dir)
-        n = len(source)
+            n = _PROGRESS.value = len(source)
         build_dir.mkdir(parents=True, exist_ok=True)
         _PROGRESS.value = 0
         num_proc = max(1, min(workers, n // ROWS_PER_PROCESS))
@@ -417,7 +419,7 @@ def report_of(table, max_length: int) -> tuple[IndexedSamples, DataReport]:
     )
     rows = np.flatnonzero(keep)
     lengths = data.column("length").fill_null(0).to_numpy()[rows].astype(np.int32)
-    return IndexedSamples(table, rows, lengths), report
+    return IndexedSamples(table, rows, lengths, max_length), report
 
 
 def index_progress(console=None):

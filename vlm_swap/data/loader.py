@@ -118,7 +118,9 @@ class EpochSampler(torch.utils.data.Sampler):
         return np.concatenate([m[np.argsort(-self.lengths[m], kind="stable")] for m in megas])
 
     def __iter__(self):
-        return iter(self.order().tolist())
+        order = self.order()
+        for start in range(0, self.n, 65536):  # Python ints a slice at a time, never one per item at once
+            yield from order[start : start + 65536].tolist()
 
 
 class Collator:
