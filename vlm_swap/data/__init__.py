@@ -7,9 +7,10 @@ and the data report; ``Encoder`` turns a sample into model inputs; ``SwapDataset
 
 from .encoding import IGNORE, Encoder, ImageRows, TooLong
 from .formats import DataError, RowError, Sample, parse_row
-from .index import DataReport, IndexedSamples, build_index, load_dataset
+from .index import build_index
 from .loader import Collator, EpochSampler, SwapDataset, padding_fraction
 from .packing import Packs
+from .samples import DataReport, IndexedSamples, load_dataset
 
 __all__ = [
     "IGNORE",
