@@ -10,6 +10,7 @@ pixels) share one code path and agree token for token. A sample whose image toke
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from ..images import load_image
 from .formats import RowError, Sample
 
 IGNORE = -100
+MAX_PROMPTS = 4096  # distinct rendered prompts kept by an encoder
 
 
 class TooLong(ValueError):
@@ -59,6 +61,7 @@ class Encoder:
         self.empty_think = empty_think
         self.image_token_id = processor.image_token_id
         self._expansion_ids: dict[str, list[int]] = {}
+        self._prompts: dict[str, str] = {}  # rendered prompts (the turns before an answer) by their messages
 
     def _render(self, messages: list[dict], **kwargs) -> str:
         try:
@@ -77,7 +80,7 @@ class Encoder:
                 continue
             if i == 0:
                 raise RowError("the conversation starts with an assistant turn: no prompt for it")
-            before = self._render(messages[:i], add_generation_prompt=True)
+            before = self._prompt(messages[:i])
             through = full if i == len(messages) - 1 else self._render(messages[: i + 1])
             if not (full.startswith(through) and through.startswith(before)):
                 raise RowError("the chat template does not render turns as prefixes; cannot mask the prompt")
@@ -86,6 +89,17 @@ class Encoder:
                 start += len(self.empty_think)
             spans.append((start, len(through)))
         return full, spans
+
+    def _prompt(self, messages: list[dict]) -> str:
+        """The rendered turns before an answer, with the generation prompt. Datasets repeat a few prompts
+        (LLaVA-Pretrain: a dozen instructions), so renders are memoised: one render per row instead of two."""
+        key = json.dumps(messages)
+        text = self._prompts.get(key)
+        if text is None:
+            text = self._render(messages, add_generation_prompt=True)
+            if len(self._prompts) < MAX_PROMPTS:
+                self._prompts[key] = text
+        return text
 
     def expansion_ids(self, expansion: str) -> list[int]:
         """Token ids of an image placeholder's expansion (a string of image tokens), memoised."""
