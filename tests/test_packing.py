@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 
 import vlm_swap
 from vlm_swap.data import Collator, Encoder, EpochSampler, Packs, SwapDataset, load_dataset
-from vlm_swap.train.run import train
+from vlm_swap.train.run import _empty_think, train
 from vlm_swap.zoo.world import write_dataset
 
 
@@ -149,3 +149,18 @@ def test_the_order_comes_from_the_seed_and_the_epoch_alone():
     spread = [np.ptp(lengths[grouped[i : i + 4]]) for i in range(0, 1000, 4)]
     shuffled = [np.ptp(lengths[first[i : i + 4]]) for i in range(0, 1000, 4)]
     assert np.mean(spread) < 0.2 * np.mean(shuffled)  # batches of similar lengths
+
+
+def test_samples_that_fail_to_decode_in_training_are_skipped_and_reported(setup, tmp_path):
+    root, up, _ = setup
+    data = write_dataset(tmp_path / "data", 12, seed=13)
+    _, processor = vlm_swap.load(up)
+    think = _empty_think(up)  # the encoder train() builds, so that it finds this index in the cache
+    load_dataset(data, data.parent, Encoder(processor, 256, think))  # the index is built (and cached) now
+    for image in sorted((data.parent / "images").iterdir())[::2]:  # then half the images break
+        image.write_bytes(image.read_bytes()[:40])
+    run = train("tiny-cpu", up, data, tmp_path / "run", images=data.parent, overrides=ONE_STAGE, progress=False)
+    summary = json.loads((run / "run.json").read_text())
+    align = summary["stages"][0]
+    assert align["steps"] == 4 and align["undecodable"] > 0
+    assert summary["data_report"]["undecodable"] == align["undecodable"] + summary["stages"][1]["undecodable"]

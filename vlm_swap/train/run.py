@@ -207,6 +207,8 @@ def train(
                     **({"feature_cache": cache.stats()} if cached else {}),
                 }
             )
+    if console is not None and _rank() == 0 and report.undecodable:
+        console.print(f"data: {report.summary()}")  # samples skipped because they failed to decode
     if _rank() == 0:
         _publish(run, _stage_dir(run, len(spec.stages) - 1, spec) / "final")
         summary["final_loss"] = _last_loss(run, spec)
