@@ -1,4 +1,4 @@
-"""Data through the CLI and across processes: one-line refusals, the indexing display, one build for all ranks."""
+"""Data through the CLI and across processes: one-line refusals, the data report, one build for all ranks."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def test_train_refuses_paths_outside_images_then_allows_them_explicitly(setup):
     assert not (root / "refused").exists()
     result = run(*common, "--out", root / "allowed", "--allow-absolute-paths", *fast)
     assert result.exit_code == 0, result.output
-    assert "indexing rows" in result.output and "data: 6/6 rows kept, 0 malformed, 0 too long" in result.output
+    assert "data: 6/6 rows kept, 0 malformed, 0 too long" in result.output
 
 
 def _load_in_child(processor, data, queue) -> None:

@@ -28,7 +28,6 @@ import multiprocessing
 import os
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,10 +337,7 @@ def build_index(
         if not (out / "meta.json").is_file():
             shutil.rmtree(out, ignore_errors=True)
             ctx = _Context(encoder, images, max_images, allow_absolute, raw=kind in ("json", "jsonl"))
-            t0 = time.perf_counter()
             _build(path, kind, ctx, out, workers or default_workers(), progress)
-            if progress is not None:
-                progress.console.log(f"indexed {path.name} in {time.perf_counter() - t0:.1f} s (cached in {out})")
         return _load(out)
 
 
@@ -361,4 +357,5 @@ def index_progress(console=None):
         RowsPerSecond(),
         TimeRemainingColumn(),
         console=console,
+        transient=True,  # the data report follows it; a bad row's error stays the only line
     )
