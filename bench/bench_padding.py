@@ -22,7 +22,7 @@ from common import record  # noqa: E402
 
 import vlm_swap  # noqa: E402
 from vlm_swap import zoo  # noqa: E402
-from vlm_swap.train.data import Collator, Encoder, SwapDataset, load_dataset, padding_fraction  # noqa: E402
+from vlm_swap.data import Collator, Encoder, SwapDataset, load_dataset, padding_fraction  # noqa: E402
 from vlm_swap.train.engine import SwapTrainer, training_arguments  # noqa: E402
 from vlm_swap.train.recipe import load_recipe  # noqa: E402
 

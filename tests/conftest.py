@@ -8,6 +8,10 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if "VLM_SWAP_CACHE" not in os.environ:  # the data index cache of the tests, never the user's
+    import tempfile
+
+    os.environ["VLM_SWAP_CACHE"] = tempfile.mkdtemp(prefix="vlm-swap-test-cache-")
 
 from hypothesis import settings  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import vlm_swap
-from vlm_swap.train.data import IGNORE, Collator, DataError, Encoder, Sample, load_dataset
+from vlm_swap.data import IGNORE, Collator, DataError, Encoder, Sample, load_dataset
 from vlm_swap.zoo.world import write_dataset
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import vlm_swap
+from vlm_swap.data import Collator, Encoder, Sample
 from vlm_swap.encoders.base import EncoderBackend
-from vlm_swap.train.data import Collator, Encoder, Sample
 from vlm_swap.train.features import FeatureCache, content_key, fingerprint
 from vlm_swap.train.run import train
 from vlm_swap.zoo.world import write_dataset

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import vlm_swap
+from vlm_swap.data import DataError, Encoder, RowError, load_dataset, parse_row
 from vlm_swap.errors import VlmSwapError
-from vlm_swap.train.data import DataError, Encoder, RowError, load_dataset, parse_row
 from vlm_swap.train.recipe import Recipe, from_dict, load_recipe, resolve_recipe_path
 
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

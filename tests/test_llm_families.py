@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import vlm_swap
+from vlm_swap.data import IGNORE, Encoder, Sample
 from vlm_swap.llms import LLMS, detect_family
-from vlm_swap.train.data import IGNORE, Encoder, Sample
 
 from .helpers import ask
 

@@ -50,7 +50,7 @@ def test_upgrade_with_family_reload_generate(tmp_path, llava, perceiver, images,
 @pytest.mark.parametrize("family", ["idefics3", "llava_onevision"])
 def test_training_batches_collate_across_tile_counts(tmp_path, llava, perceiver, images, family):
     """Samples whose images split into different numbers of tiles/views collate and give a finite loss."""
-    from vlm_swap.train.data import Collator, Encoder, Sample
+    from vlm_swap.data import Collator, Encoder, Sample
 
     out = vlm_swap.upgrade(str(llava("llama2", "clip")), f"perceiver:{perceiver(family)}", tmp_path / "o")
     model, processor = vlm_swap.load(out)

@@ -161,7 +161,7 @@ def test_dataset_images_that_do_not_decode_or_are_too_big(tmp_path, upgraded):
     (images / "huge.png").write_bytes(png_header(9000, 9000))
     turns = [{"from": "human", "value": "<image>\nwhat?"}, {"from": "gpt", "value": "red"}]
     rows = [{"image": name, "conversations": turns} for name in ("text.png", "huge.png")]
-    data = tmp_path / "d.jsonl"
+    data = images / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run_dir = tmp_path / "run"
     result = run("train", "tiny-cpu", "--model", upgraded, "--data", data, "--images", images, "--out", run_dir)

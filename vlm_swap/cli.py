@@ -135,6 +135,13 @@ PickleOpt = Annotated[
         help="Read pickle weights (.bin, .pt) when there are no safetensors (tensors only, weights_only=True).",
     ),
 ]
+AbsolutePathsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-absolute-paths/--no-allow-absolute-paths",
+        help="Let image paths in the data resolve outside --images (absolute paths, '..').",
+    ),
+]
 RevisionOpt = Annotated[str, typer.Option("--revision", help="Hub source: branch, tag or commit to pin.")]
 EncoderRevisionOpt = Annotated[
     str, typer.Option("--encoder-revision", help="Hub encoder source: branch, tag or commit to pin.")
@@ -305,6 +312,7 @@ def train(
     max_images: int = typer.Option(1, "--max-images", min=1, help="Most images allowed in one sample."),
     report_to: str = typer.Option("none", "--report-to", help="Trainer loggers: none, tensorboard, wandb, ..."),
     allow_pickle: PickleOpt = False,
+    allow_absolute_paths: AbsolutePathsOpt = False,
 ) -> None:
     """Fine-tune the connector (then LoRA) of an upgraded model with a recipe, on the HF Trainer."""
     from .train.run import train as run
@@ -323,6 +331,7 @@ def train(
             report_to=report_to,
             console=out,
             allow_pickle=allow_pickle,
+            allow_absolute_paths=allow_absolute_paths,
         )
     out.print(f"run written to [bold]{path}[/] (loss curve: {path / 'loss.png'})")
 
@@ -338,6 +347,7 @@ def eval_cmd(
     report: Path = typer.Option(None, "--out", "-o", help="Write the scores as JSON to this file."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print JSON instead of a table."),
     allow_pickle: PickleOpt = False,
+    allow_absolute_paths: AbsolutePathsOpt = False,
 ) -> None:
     """Accuracy on image questions and text perplexity, against a baseline when given."""
     from .evaluation import evaluate
@@ -355,6 +365,7 @@ def eval_cmd(
             report=report,
             progress=not as_json,
             allow_pickle=allow_pickle,
+            allow_absolute_paths=allow_absolute_paths,
         )
     if as_json:
         _print_json(result)

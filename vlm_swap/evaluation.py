@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from rich.progress import Progress
 
+from .data import IGNORE, Encoder, Sample, load_dataset
 from .errors import VlmSwapError
 from .images import load_image
-from .train.data import IGNORE, Encoder, Sample, load_dataset, read_rows
 
 
 def normalize(text: str) -> str:
@@ -116,14 +116,6 @@ def text_perplexity(model, encoder: Encoder, samples: list[Sample]) -> dict[str,
     return {"perplexity": math.exp(total / count), "tokens": count}
 
 
-def _options(path: Path) -> dict[int, list[str]]:
-    return {
-        n: row["options"]
-        for n, row in read_rows(path)
-        if isinstance(row, dict) and isinstance(row.get("options"), list)
-    }
-
-
 def score(
     model,
     processor,
@@ -135,16 +127,16 @@ def score(
     limit: int | None = None,
     progress: bool = False,
     label: str = "eval",
+    allow_absolute_paths: bool = False,
 ) -> dict[str, Any]:
     """All scores of one model on the given data."""
     encoder = Encoder(processor, 4096, empty_think)
     result: dict[str, Any] = {}
     if data is not None:
-        samples, report = load_dataset(data, images, encoder, max_images=8)
-        samples = samples[:limit] if limit else samples
-        options = _options(Path(data))
-        mc = [(s, options[s.line]) for s in samples if s.line in options]
-        open_ended = [s for s in samples if s.line not in options]
+        samples, report = load_dataset(data, images, encoder, max_images=8, allow_absolute_paths=allow_absolute_paths)
+        samples = list(samples[:limit] if limit else samples)
+        mc = [(s, s.options) for s in samples if s.options]
+        open_ended = [s for s in samples if not s.options]
         if open_ended:
             result.update(qa_accuracy(model, processor, open_ended, progress=progress, label=label))
         if mc:
@@ -153,7 +145,7 @@ def score(
                 result["accuracy"] = result["choice"]["accuracy"]
     if text_data is not None:
         samples, _ = load_dataset(text_data, None, encoder, max_images=0)
-        result["text"] = text_perplexity(model, encoder, samples[:limit] if limit else samples)
+        result["text"] = text_perplexity(model, encoder, list(samples[:limit] if limit else samples))
     return result
 
 
@@ -200,6 +192,7 @@ def evaluate(
     report: Path | None = None,
     progress: bool = False,
     allow_pickle: bool = False,
+    allow_absolute_paths: bool = False,
 ) -> dict[str, Any]:
     """Score ``model`` (and ``baseline``) on the same data; write ``report`` as JSON when given."""
     from .api import load_any
@@ -214,7 +207,17 @@ def evaluate(
         m, processor = load_any(path, allow_pickle=allow_pickle)
         result[name] = {
             "path": str(path),
-            **score(m, processor, data, images, text_data, limit=limit, progress=progress, label=name),
+            **score(
+                m,
+                processor,
+                data,
+                images,
+                text_data,
+                limit=limit,
+                progress=progress,
+                label=name,
+                allow_absolute_paths=allow_absolute_paths,
+            ),  # fmt: skip
         }
         del m
     if report is not None:

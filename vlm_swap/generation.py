@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import torch
 from transformers import TextIteratorStreamer
 
+from .errors import VlmSwapError
 from .images import load_image
 
 
@@ -35,7 +36,13 @@ def generate_answer(
     if model is None:
         model, processor = load(model_dir, allow_pickle=allow_pickle)
     text = build_prompt(processor, prompt, len(pictures))
-    inputs = processor(images=pictures, text=text, add_special_tokens=False, return_tensors="pt").to(model.device)
+    try:
+        inputs = processor(images=pictures, text=text, add_special_tokens=False, return_tensors="pt")
+    except ValueError as exc:  # e.g. Qwen-VL's smart_resize refuses an aspect ratio over 200
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        sizes = ", ".join(f"{p.width}x{p.height}" for p in pictures)
+        raise VlmSwapError(f"the image processor refuses the image ({sizes}): {first}") from exc
+    inputs = inputs.to(model.device)
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
     kwargs = dict(
         **inputs,

@@ -72,6 +72,20 @@ class EncoderBackend(nn.Module):
         """Number of image rows (without boundaries) for image ``index`` of a processor output."""
         raise NotImplementedError
 
+    @classmethod
+    def rows_for_size(cls, image_processor, height: int, width: int, args: dict[str, Any]) -> int:
+        """``image_rows`` of an image of this size, without its pixels (the data index counts tokens with it).
+
+        By default a blank image of that size is processed; kinds override it with their processor's rule."""
+        return cls.image_rows(
+            cls.preprocess(image_processor, [blank_image(width, height)], args, return_tensors="pt"), 0, args
+        )
+
+    @classmethod
+    def size_independent(cls, image_processor, args: dict[str, Any]) -> bool:
+        """True when every image gives the same rows whatever its size (fixed-resolution towers)."""
+        return False
+
 
 class LoadedEncoder:
     """An encoder as loaded from its source: module, image processor and the facts to save.
@@ -100,6 +114,20 @@ class LoadedEncoder:
         if self.weights is not None:
             return self.weights
         return {k: SourceTensor.in_memory(v.detach()) for k, v in self.module.state_dict().items()}
+
+
+def blank_image(width: int, height: int):
+    from PIL import Image
+
+    return Image.new("RGB", (width, height))
+
+
+def fixed_resolution(image_processor) -> bool:
+    """Whether a CLIP-style image processor gives one output size for any input (center crop or squash)."""
+    if getattr(image_processor, "do_center_crop", False) and getattr(image_processor, "crop_size", None):
+        return True
+    size = getattr(image_processor, "size", None) or {}
+    return bool(getattr(image_processor, "do_resize", True) and size.get("height") and size.get("width"))
 
 
 def strided_rows(image_inputs: dict[str, Any], index: int, args: dict[str, Any]) -> int:

@@ -15,7 +15,7 @@ import transformers
 from transformers import AutoImageProcessor, AutoModel, PreTrainedConfig
 
 from ..errors import VlmSwapError
-from .base import EncoderBackend, LoadedEncoder
+from .base import EncoderBackend, LoadedEncoder, fixed_resolution
 
 # model_type of the checkpoint -> (transformers vision-tower class, has CLS, default feature layer)
 VISION_TOWERS: dict[str, tuple[str, bool, int]] = {
@@ -71,6 +71,11 @@ class HFViTEncoder(EncoderBackend):
         h, w = image_inputs["pixel_values"].shape[-2:]
         patch = args["patch_size"]
         return (h // patch) * (w // patch) + (1 if args["has_cls"] and not args["drop_cls"] else 0)
+
+    @classmethod
+    def size_independent(cls, image_processor, args: dict[str, Any]) -> bool:
+        # SigLIP2 NaFlex keeps the aspect ratio (rows vary with the size); CLIP crops, SigLIP squashes
+        return getattr(image_processor, "max_num_patches", None) is None and fixed_resolution(image_processor)
 
     @classmethod
     def load(

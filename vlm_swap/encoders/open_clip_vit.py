@@ -23,7 +23,7 @@ from transformers import CLIPImageProcessor
 
 from ..errors import VlmSwapError
 from ..io import read_json
-from .base import EncoderBackend, LoadedEncoder, strided_rows
+from .base import EncoderBackend, LoadedEncoder, fixed_resolution, strided_rows
 from .eval_transform import clip_processor
 from .loading import ALLOW_PICKLE_HINT, PICKLE_SUFFIXES, open_weights
 
@@ -146,6 +146,10 @@ class OpenCLIPEncoder(EncoderBackend):
         return feats.reshape(-1, feats.shape[-1])  # [B * N, D]
 
     image_rows = staticmethod(strided_rows)
+
+    @classmethod
+    def size_independent(cls, image_processor, args: dict[str, Any]) -> bool:
+        return fixed_resolution(image_processor)  # the eval transform crops or squashes to the tower's size
 
     @classmethod
     def load(

@@ -64,7 +64,11 @@ class SwapVLMProcessor(ProcessorMixin):
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         n = ENCODERS.get(self.encoder_kind).image_rows(_as_tensors(image_inputs), image_idx, self.encoder_args)
-        return self.image_start + self.image_token * n + self.image_end
+        return self.expansion(n)
+
+    def expansion(self, rows: int) -> str:
+        """The prompt text of one image of ``rows`` rows."""
+        return self.image_start + self.image_token * rows + self.image_end
 
     def process_images(self, images, **kwargs) -> dict[str, Any]:
         """The encoder kind's preprocessing of ``images`` (a flat list) with its image processor."""

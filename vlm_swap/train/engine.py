@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from ..data import EpochSampler
 from ..errors import VlmSwapError
 from .features import FeatureCache
 from .plan import component_of
@@ -28,7 +28,9 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 SCHEDULER_NAMES = {"cosine": "cosine", "wsd": "warmup_stable_decay", "linear": "linear", "constant": "constant"}
 
 
-def training_arguments(stage: Stage, stage_dir: Path, *, report_to: str, eval_enabled: bool) -> TrainingArguments:
+def training_arguments(
+    stage: Stage, stage_dir: Path, *, report_to: str, eval_enabled: bool, workers: int = 0
+) -> TrainingArguments:
     on_gpu = torch.cuda.is_available()
     kwargs = {}
     if stage.scheduler == "wsd":
@@ -64,7 +66,10 @@ def training_arguments(stage: Stage, stage_dir: Path, *, report_to: str, eval_en
         report_to=report_to,
         disable_tqdm=True,
         remove_unused_columns=False,
-        dataloader_num_workers=0,
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,  # forked once per stage, not once per epoch
+        dataloader_prefetch_factor=4 if workers > 0 else None,
+        dataloader_pin_memory=on_gpu,
         include_num_input_tokens_seen="non_padding",
         use_cpu=not on_gpu,
         ddp_find_unused_parameters=False,
@@ -86,15 +91,17 @@ class SwapTrainer(Trainer):
     and a numerical guard: a step whose gradients are not finite is skipped (no update, moments
     untouched); after ``stage.max_bad_steps`` of them training stops; a non-finite model is never
     saved. Optionally it reuses a frozen encoder's features (``feature_cache``) and batches samples
-    of similar length (``stage.group_by_length``)."""
+    of similar length (``stage.group_by_length``); samples come in the order of ``data.EpochSampler``."""
 
     def __init__(self, *args, stage: Stage, feature_cache: FeatureCache | None = None, **kwargs):
         self.stage = stage
         self.bad_steps = 0
+        self.undecodable = 0  # samples that passed the index but failed to decode (skipped)
         self.feature_cache = feature_cache
         super().__init__(*args, **kwargs)
 
     def compute_loss(self, model, inputs, *args, **kwargs):
+        self.undecodable += len(inputs.pop("skipped_lines", ()))
         keys = inputs.pop("feature_keys", None)
         if keys is None or self.feature_cache is None:
             return super().compute_loss(model, inputs, *args, **kwargs)
@@ -103,12 +110,13 @@ class SwapTrainer(Trainer):
         )
 
     def _get_train_sampler(self, train_dataset=None):
+        # the order comes from (seed, epoch) alone: a resumed run skips finished steps in the sampler and sees
+        # the batches an uninterrupted run would; lengths come from the index (nothing is encoded for them)
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         lengths = getattr(dataset, "lengths", None)
-        if not self.stage.group_by_length or lengths is None:
-            return super()._get_train_sampler(train_dataset)
-        # lengths known from validation: the Trainer's own fallback would encode every sample once more
-        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=lengths)
+        grouped = self.stage.group_by_length and not self.stage.packing and lengths is not None
+        group = self.args.train_batch_size * self.args.gradient_accumulation_steps if grouped else 0
+        return EpochSampler(len(dataset), self.args.data_seed, lengths=lengths if grouped else None, group=group)
 
     def _guard(self, optimizer: torch.optim.Optimizer) -> None:
         inner = optimizer.step

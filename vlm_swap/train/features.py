@@ -11,9 +11,10 @@ pixel tensors, hence other keys.
 
 A batch whose samples are all cached runs the model with ``image_features`` and no encoder forward. Any
 other batch runs the model on its pixels as usual; a forward hook on the encoder captures its rows
-``[R, D_enc]``, split per sample by the sample's placeholder count, and stores them. The first pass over
-the data is therefore exactly the uncached computation. The encoder is assumed deterministic when frozen
-(no dropout). Under several processes each keeps its own cache and all take the same path every step.
+``[R, D_enc]``, split per sample by the sample's placeholder count (a packed row holds several samples),
+and stores them. The first pass over the data is therefore exactly the uncached computation. The encoder is
+assumed deterministic when frozen (no dropout). Under several processes each keeps its own cache and all take
+the same path every step.
 """
 
 from __future__ import annotations
@@ -74,7 +75,6 @@ class FeatureCache:
         self.encoder_forwards = 0
         self._encoder: nn.Module | None = None
         self._input_names: tuple[str, ...] = ()
-        self._feature_ids: torch.Tensor | None = None
 
     def bind(self, model: nn.Module) -> None:
         """Use the cache with ``model`` (call when a stage starts): entries of other encoder weights are dropped."""
@@ -85,7 +85,6 @@ class FeatureCache:
             self.owner = owner
         self._encoder = encoder_module(model)
         self._input_names = ENCODERS.get(model.config.encoder_kind).input_names
-        self._feature_ids = torch.tensor(model.config.feature_token_ids)
         self.hits = self.misses = self.encoder_forwards = 0
 
     def stats(self) -> dict[str, int]:
@@ -97,8 +96,8 @@ class FeatureCache:
             "bytes": self.used,
         }
 
-    def _all_cached(self, keys: list[str | None], device: torch.device) -> bool:
-        hit = all(k is None or k in self.entries for k in keys) and any(k is not None for k in keys)
+    def _all_cached(self, keys: list[tuple[str | None, int]], device: torch.device) -> bool:
+        hit = all(k is None or k in self.entries for k, _ in keys) and any(k is not None for k, _ in keys)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             if torch.distributed.get_world_size() > 1:  # every rank takes the same path (sharded encoders)
                 flag = torch.tensor(int(hit), device=device)
@@ -106,16 +105,20 @@ class FeatureCache:
                 hit = bool(flag.item())
         return hit
 
-    def run(self, keys: list[str | None], inputs: dict[str, Any], step: Callable[[dict[str, Any]], Any]) -> Any:
-        """``step(inputs)`` with cached rows when every sample has them, else on pixels while storing rows."""
+    def run(
+        self, keys: list[tuple[str | None, int]], inputs: dict[str, Any], step: Callable[[dict[str, Any]], Any]
+    ) -> Any:
+        """``step(inputs)`` with cached rows when every sample has them, else on pixels while storing rows.
+
+        ``keys`` are (content key or None, placeholder rows) per sample, in batch order (``data.Collator``)."""
         if self._encoder is None:
             raise RuntimeError("FeatureCache.bind(model) must be called before run()")
         device = inputs["input_ids"].device
         if self._all_cached(keys, device):
-            rows = [self.entries[k] for k in keys if k is not None]
+            rows = [self.entries[k] for k, _ in keys if k is not None]
             inputs = {k: v for k, v in inputs.items() if k not in self._input_names}
             inputs["image_features"] = torch.cat(rows).to(device, non_blocking=True)  # [R, D_enc]
-            self.hits += sum(k is not None for k in keys)
+            self.hits += sum(k is not None for k, _ in keys)
             return step(inputs)
         captured: list[torch.Tensor] = []
         handle = self._encoder.register_forward_hook(lambda _m, _a, out: captured.append(out.detach()))
@@ -125,14 +128,14 @@ class FeatureCache:
             handle.remove()
         self.encoder_forwards += len(captured)
         if len(captured) == 1:
-            self._store(keys, inputs["input_ids"], captured[0])
+            self._store(keys, captured[0])
         return result
 
-    def _store(self, keys: list[str | None], input_ids: torch.Tensor, rows: torch.Tensor) -> None:
-        counts = torch.isin(input_ids, self._feature_ids.to(input_ids.device)).sum(-1).tolist()  # rows per sample
+    def _store(self, keys: list[tuple[str | None, int]], rows: torch.Tensor) -> None:
+        counts = [n for _, n in keys]  # rows per sample, in batch order
         if sum(counts) != rows.shape[0]:
             return  # not one encoder row per placeholder: nothing safe to store
-        for key, part in zip(keys, torch.split(rows, counts), strict=True):
+        for (key, _), part in zip(keys, torch.split(rows, counts), strict=True):
             if key is None:
                 continue
             self.misses += 1

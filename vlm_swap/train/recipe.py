@@ -98,6 +98,7 @@ class Stage:
     max_bad_steps: int = _help("steps with a non-finite loss/gradient (skipped) before training stops", 5)
     cache_features: bool = _help("when the encoder is frozen, compute each image's features once and reuse them", True)
     group_by_length: bool = _help("batch samples of similar token length together (less padding)", False)
+    packing: bool = _help("pack whole samples into rows of up to max_length tokens (attention stays per sample)", False)
 
     def __post_init__(self):
         if (self.steps is None) == (self.epochs is None):
@@ -133,12 +134,17 @@ class Recipe:
     description: str = _help("what the recipe is for", "")
     stages: list[Stage] = _help("the stages, run in order", factory=list)
     feature_cache_mb: int = _help("memory bound of the frozen-encoder feature cache, in MiB (shared by stages)", 4096)
+    dataloader_workers: int | None = _help(
+        "processes that decode and preprocess samples (default: cores - 1, at most 8)", None
+    )
 
     def __post_init__(self):
         if not self.stages:
             raise RecipeError("a recipe needs at least one stage")
         if self.feature_cache_mb < 0:
             raise RecipeError("feature_cache_mb must be >= 0")
+        if self.dataloader_workers is not None and not 0 <= self.dataloader_workers <= 256:
+            raise RecipeError("dataloader_workers must be in [0, 256] (or null for the default)")
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise RecipeError(f"stage names must be unique, got {names}")

@@ -10,6 +10,7 @@ complete checkpoint (optimizer, scheduler, RNG and data position included).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -23,6 +24,10 @@ from safetensors.torch import load_file
 from transformers.trainer_callback import PrinterCallback
 
 from ..card import write_model_card
+from ..data import Collator, Encoder, SwapDataset, load_dataset
+from ..data.index import index_progress
+from ..data.loader import default_workers
+from ..data.packing import varlen_attention
 from ..encoders.loading import weight_files
 from ..errors import VlmSwapError
 from ..io import (
@@ -36,7 +41,6 @@ from ..io import (
     write_text,
 )
 from ..llms import LLMS
-from .data import Collator, Encoder, SwapDataset, load_dataset
 from .engine import NonFiniteError, RichProgress, SwapTrainer, newest_checkpoint, trainable_finite, training_arguments
 from .features import FeatureCache
 from .plan import apply_stage, run_plan, wrap
@@ -92,6 +96,7 @@ def train(
     progress: bool = True,
     console=None,
     allow_pickle: bool = False,
+    allow_absolute_paths: bool = False,
     callbacks: list | tuple = (),
 ) -> Path:
     """Run ``recipe`` on the upgraded model in ``model_dir``; return the run directory.
@@ -99,6 +104,7 @@ def train(
     ``allow_pickle`` lets the model be read from pickle weights (``weights_only``); optimizer, scheduler
     and RNG states of a resumed checkpoint are always read ``weights_only`` by the Trainer.
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects given to every stage's Trainer.
+    ``allow_absolute_paths`` lets image paths of the data resolve outside ``images``.
     """
     from ..api import load
 
@@ -111,7 +117,12 @@ def train(
     # validated at the shortest stage length, so every kept sample fits every stage (each stage then
     # truncates text, never image tokens, at its own max_length)
     encoder = Encoder(processor, min(s.max_length for s in spec.stages), _empty_think(model_path))
-    samples, report = load_dataset(data, images, encoder, max_images=max_images, on_bad_rows=on_bad_rows)
+    show = progress and _rank() == 0
+    with index_progress(console) if show else contextlib.nullcontext() as bar:
+        samples, report = load_dataset(
+            data, images, encoder, max_images=max_images, on_bad_rows=on_bad_rows,
+            allow_absolute_paths=allow_absolute_paths, progress=bar,
+        )  # fmt: skip
     if console is not None and _rank() == 0:
         console.print(f"data: {report.summary()}")
     plan = run_plan(spec)
@@ -120,7 +131,8 @@ def train(
         run.mkdir(parents=True, exist_ok=True)
         write_text(run / RECIPE_NAME, yaml.safe_dump(recipe_to_dict(spec), sort_keys=False))
     dataset = SwapDataset(samples, encoder)
-    collator = Collator(processor.tokenizer.pad_token_id)
+    collator = Collator(processor.tokenizer.pad_token_id, feature_token_ids=model.config.feature_token_ids)
+    workers = spec.dataloader_workers if spec.dataloader_workers is not None else default_workers()
     cache = FeatureCache(spec.feature_cache_mb * 2**20)
     summary = {"model": str(model_path), "data": str(data), "data_report": report.__dict__, "stages": []}
 
@@ -141,11 +153,15 @@ def train(
                 summary["stages"].append({"name": stage.name, "trainable": counts, "skipped": "finished earlier"})
                 continue
             encoder.max_length = stage.max_length
+            dataset.set_packing(stage.packing)
+            if stage.packing:
+                varlen_attention(model)
+            decodes = dataset.decodes.value
             cached = uses_feature_cache(spec, stage)
             collator.feature_keys = cached
             if cached:
                 cache.bind(model)
-            args = training_arguments(stage, stage_dir, report_to=report_to, eval_enabled=False)
+            args = training_arguments(stage, stage_dir, report_to=report_to, eval_enabled=False, workers=workers)
             label = f"stage {i + 1}/{len(spec.stages)} {stage.name}"
             trainer = SwapTrainer(
                 model=model,
@@ -177,6 +193,7 @@ def train(
                         _write_model_extras(tmp, processor, model_path, trained_by=str(run))
                     write_json(tmp / "log_history.json", trainer.state.log_history)
             trainer.accelerator.wait_for_everyone()
+            report.undecodable += trainer.undecodable
             summary["stages"].append(
                 {
                     "name": stage.name,
@@ -184,9 +201,14 @@ def train(
                     "steps": trainer.state.global_step,
                     "train_loss": result.training_loss,
                     "resumed_from": str(checkpoint or ""),
+                    "samples_decoded": dataset.decodes.value - decodes,  # this process and its forked workers
+                    "undecodable": trainer.undecodable,
+                    **({"packing_utilization": dataset.packs.utilization} if dataset.packs is not None else {}),
                     **({"feature_cache": cache.stats()} if cached else {}),
                 }
             )
+    if console is not None and _rank() == 0 and report.undecodable:
+        console.print(f"data: {report.summary()}")  # samples skipped because they failed to decode
     if _rank() == 0:
         _publish(run, _stage_dir(run, len(spec.stages) - 1, spec) / "final")
         summary["final_loss"] = _last_loss(run, spec)

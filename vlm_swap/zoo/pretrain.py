@@ -18,8 +18,8 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
+from ..data import Collator, Encoder, SwapDataset, load_dataset
 from ..evaluation import qa_accuracy
-from ..train.data import Collator, Encoder, SwapDataset, load_dataset
 from . import PRETRAINED
 from .models import build_llava
 from .perceivers import build_perceiver

@@ -96,6 +96,14 @@ class PerceiverEncoder(EncoderBackend):
     def image_rows(image_inputs: dict[str, Any], index: int, args: dict[str, Any]) -> int:
         return family_of(args).image_rows(image_inputs, index, args)
 
+    @classmethod
+    def rows_for_size(cls, image_processor, height: int, width: int, args: dict[str, Any]) -> int:
+        return family_of(args).rows_for_size(image_processor, height, width, args)
+
+    @classmethod
+    def size_independent(cls, image_processor, args: dict[str, Any]) -> bool:
+        return family_of(args).size_independent
+
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         a, fam = self.args, self.family
         n = _count_images(inputs, fam)

@@ -32,6 +32,8 @@ class PerceiverFamily:
     input_names: ClassVar[tuple[str, ...]] = ("pixel_values",)
     #: name of the base model's token-type input that flags image positions (None: not taken)
     token_types_name: ClassVar[str | None] = None
+    #: True when every image gives the same rows whatever its size
+    size_independent: ClassVar[bool] = False
 
     @classmethod
     def span_start_id(cls, config: PreTrainedConfig, processor) -> int:
@@ -60,6 +62,16 @@ class PerceiverFamily:
     def image_rows(cls, inputs: dict[str, Any], index: int, args: dict[str, Any]) -> int:
         """Rows of image ``index`` without the two boundary rows."""
         return len(cls.span_ids(inputs, index, args)) - (2 if cls.boundaries else 0)
+
+    @classmethod
+    def rows_for_size(cls, image_processor, height: int, width: int, args: dict[str, Any]) -> int:
+        """``image_rows`` of an image of this size without its pixels; by default a blank image of that size is
+        processed, families with a counting rule in their processor use it."""
+        from ..base import blank_image
+
+        return cls.image_rows(
+            cls.preprocess(image_processor, [blank_image(width, height)], args, return_tensors="pt"), 0, args
+        )
 
     @classmethod
     def model_inputs(cls, inputs: dict[str, torch.Tensor], args: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -22,6 +22,7 @@ class Gemma3(PerceiverFamily):
     text_family = "gemma3"
     input_names = ("pixel_values",)
     token_types_name = "token_type_ids"
+    size_independent = True
 
     @classmethod
     def span_start_id(cls, config, processor) -> int:

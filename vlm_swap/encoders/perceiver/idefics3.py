@@ -89,6 +89,12 @@ class Idefics3(PerceiverFamily):
         return ids + [fake, args["global_id"], *image, fake]
 
     @classmethod
+    def rows_for_size(cls, image_processor, height, width, args) -> int:
+        # the processor's own tiling rule gives the grid; the span follows from it
+        _, rows, cols = image_processor.get_number_of_image_patches(height, width, {})
+        return cls.image_rows({"tile_grid": [[rows, cols]]}, 0, args)
+
+    @classmethod
     def model_inputs(cls, inputs, args) -> dict[str, torch.Tensor]:
         tiles = _tiles(inputs["tile_grid"])
         width = max(tiles)

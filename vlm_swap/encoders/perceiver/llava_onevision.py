@@ -66,15 +66,23 @@ class LlavaOnevision(PerceiverFamily):
     def span_ids(cls, inputs, index, args) -> list[int]:
         height, width = (int(v) for v in inputs["image_sizes"][index])
         view_h, view_w = inputs["pixel_values"].shape[-2:]
-        # the processor's own counting rule, on its attributes alone
-        counter = LlavaOnevisionProcessor.__new__(LlavaOnevisionProcessor)
-        counter.image_processor = SimpleNamespace(image_grid_pinpoints=args["pinpoints"])
-        counter.num_image_tokens = args["num_image_tokens"]
-        counter.vision_aspect_ratio = args["vision_aspect_ratio"]
-        n = counter._get_number_of_features(height, width, int(view_h), int(view_w))
-        n -= 1 if args["select_strategy"] == "default" else 0
-        return [args["image_token_id"]] * n
+        return [args["image_token_id"]] * _features(height, width, int(view_h), int(view_w), args)
+
+    @classmethod
+    def rows_for_size(cls, image_processor, height, width, args) -> int:
+        size = image_processor.size  # every view is resized to the tower's square input
+        return _features(height, width, size["height"], size["width"], args)
 
     @classmethod
     def model_inputs(cls, inputs, args) -> dict[str, torch.Tensor]:
         return {"pixel_values": inputs["pixel_values"], "image_sizes": inputs["image_sizes"]}
+
+
+def _features(height: int, width: int, view_h: int, view_w: int, args: dict[str, Any]) -> int:
+    """Rows of an image of this original size: the processor's own counting rule, on its attributes alone."""
+    counter = LlavaOnevisionProcessor.__new__(LlavaOnevisionProcessor)
+    counter.image_processor = SimpleNamespace(image_grid_pinpoints=args["pinpoints"])
+    counter.num_image_tokens = args["num_image_tokens"]
+    counter.vision_aspect_ratio = args["vision_aspect_ratio"]
+    n = counter._get_number_of_features(height, width, view_h, view_w)
+    return n - (1 if args["select_strategy"] == "default" else 0)

@@ -46,6 +46,11 @@ class QwenVL(PerceiverFamily):
         return [args["vision_start_id"], *[args["image_token_id"]] * n, args["vision_end_id"]]
 
     @classmethod
+    def rows_for_size(cls, image_processor, height, width, args) -> int:
+        # the processor's own rule (smart_resize to the patch grid), the one vLLM counts placeholders with
+        return image_processor.get_number_of_image_patches(height, width, {}) // args["merge_size"] ** 2
+
+    @classmethod
     def model_inputs(cls, inputs, args) -> dict[str, torch.Tensor]:
         return {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs["image_grid_thw"]}
 
