@@ -20,7 +20,7 @@ from vlm_swap.zoo.world import write_dataset
 
 def _loss_and_grads(model, batch):
     model.zero_grad(set_to_none=True)
-    loss = model(**{k: v for k, v in batch.items() if k != "skipped_lines"}).loss
+    loss = model(**batch).loss
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 

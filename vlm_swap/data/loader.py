@@ -134,8 +134,9 @@ class Collator:
     tensors (None without images) and its placeholder count, the key of the frozen-encoder cache.
     """
 
-    def __init__(self, pad_token_id: int, feature_keys: bool = False, feature_token_ids=()):
+    def __init__(self, pad_token_id: int, feature_keys: bool = False, feature_token_ids=(), count_skipped=False):
         self.pad_token_id = pad_token_id
+        self.count_skipped = count_skipped  # the Trainer counts undecodable samples from ``skipped_lines``
         self.feature_keys = feature_keys
         self.feature_token_ids = torch.tensor(list(feature_token_ids), dtype=torch.long)
 
@@ -171,7 +172,8 @@ class Collator:
         image_keys = sorted({k for f in samples for k in f} - text_keys)
         for key in image_keys:
             batch[key] = torch.cat([f[key] for f in samples if key in f], dim=0)
-        batch["skipped_lines"] = [line for f in samples for line in f.get("skipped", ())]
+        if self.count_skipped:
+            batch["skipped_lines"] = [line for f in samples for line in f.get("skipped", ())]
         if self.feature_keys:
             keys = []
             for f in samples:

@@ -131,7 +131,9 @@ def train(
         run.mkdir(parents=True, exist_ok=True)
         write_text(run / RECIPE_NAME, yaml.safe_dump(recipe_to_dict(spec), sort_keys=False))
     dataset = SwapDataset(samples, encoder)
-    collator = Collator(processor.tokenizer.pad_token_id, feature_token_ids=model.config.feature_token_ids)
+    collator = Collator(
+        processor.tokenizer.pad_token_id, feature_token_ids=model.config.feature_token_ids, count_skipped=True
+    )
     workers = spec.dataloader_workers if spec.dataloader_workers is not None else default_workers()
     cache = FeatureCache(spec.feature_cache_mb * 2**20)
     summary = {"model": str(model_path), "data": str(data), "data_report": report.__dict__, "stages": []}

@@ -26,7 +26,7 @@ from rich.progress import Progress
 
 from ...api import load
 from ...errors import VlmSwapError
-from ...train.data import IGNORE, Collator, Encoder, RowError, Sample, TooLong
+from ...data import IGNORE, Collator, Encoder, RowError, Sample, TooLong
 
 DEFAULT_MAX_NEW_TOKENS = 1024
 DEFAULT_CONTEXT = 4096  # tokens, where the LLM's config names no max_position_embeddings
