@@ -470,6 +470,26 @@ def write_text(path: Path, text: str) -> None:
         raise
 
 
+def write_figure(fig, path: Path) -> Path:
+    """Save a matplotlib figure as PNG atomically (a temporary sibling renamed over ``path``) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        failure = write_failure(exc, path)
+        if failure is not None:
+            raise failure from exc
+        raise
+    finally:
+        plt.close(fig)
+    return path
+
+
 def copy_file(src: Path, dst: Path) -> None:
     shutil.copyfile(src, dst)
 
