@@ -18,6 +18,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import VlmSwapError
@@ -52,7 +53,8 @@ def user_errors():
     except VlmSwapError as exc:
         if _state["debug"]:
             raise
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # the message is text: a spec such as perceiver:x must not turn into an emoji, nor [..] into markup
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True, emoji=False)
         raise typer.Exit(exc.exit_code) from None
     except OSError as exc:  # the system refused a read or write the checks above could not foresee
         if _state["debug"]:
