@@ -2,7 +2,7 @@
 
 lmms-eval ("simple" models) sends ``generate_until`` requests (a context, generation kwargs and the
 document's images) and ``loglikelihood`` requests (a context, a continuation and the images).
-:class:`Runner` answers both in batches on top of ``vlm_swap.api.load`` and the model's processor:
+:class:`Runner` answers both in batches on top of ``vlm_swap.api.load_any`` and the model's processor:
 the prompt is the model's own chat template with the images first and the context as the user
 turn (``vlm_swap.generation.build_prompt``, as ``vlm-swap generate`` does), unless the context
 already holds the image token, in which case the images go where it stands. Generation is greedy
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ...api import load
+from ...api import load_any
 from ...generation import build_prompt
 
 DEFAULT_MAX_NEW_TOKENS = 1024
@@ -43,7 +43,8 @@ class Runner:
     def __init__(self, pretrained: str, *, device: str | None = None, batch_size: int = 1, dtype: str = "auto"):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model, self.processor = load(pretrained, dtype=None if dtype == "auto" else getattr(torch, dtype))
+        # any model vlm-swap evaluates: an upgraded model, a training run, or the untouched source VLM
+        self.model, self.processor = load_any(pretrained, dtype=None if dtype == "auto" else getattr(torch, dtype))
         self.model.to(device)
         self.batch_size = max(1, int(batch_size))
         self.tokenizer = self.processor.tokenizer
