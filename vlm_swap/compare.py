@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
 from transformers import TrainerCallback
 
 from .encoders import EncoderSpec
@@ -43,6 +44,7 @@ SCORES_NAME = "scores.json"
 CLOCK_NAME = "clock.json"
 LMMS_NAME = "lmms.json"
 REPORT_FILES = ("report.json", "report.md", "compare.png")
+AMENDABLE = ("lmms_tasks",)  # fields of compare.json a rerun may change
 
 
 @dataclass(frozen=True)
@@ -156,17 +158,20 @@ def claim(out: Path, exp: Experiment) -> None:
     inputs = (exp.source, exp.data, exp.images, exp.eval_data, exp.eval_images, exp.text_data)
     for name in ("arms", "source", EXPERIMENT_NAME, *REPORT_FILES):  # what compare writes
         check_not_an_input(out / name, inputs)
-    stored = out / EXPERIMENT_NAME
+    stored, now = out / EXPERIMENT_NAME, asdict(exp)
     if stored.is_file():
         before = read_json(stored)
-        if before != asdict(exp):
-            changed = ", ".join(sorted(k for k in asdict(exp) if before.get(k) != asdict(exp)[k]))
+        # what the arms were trained and scored with must match; lmms-eval tasks may change (scored anew)
+        changed = ", ".join(sorted(k for k in now if k not in AMENDABLE and before.get(k) != now[k]))
+        if changed:
             raise VlmSwapError(f"{out} holds a comparison with another {changed}; rerun it as it was, or another --out")
+        if before != now:
+            write_json(stored, now)
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise VlmSwapError(f"{out} is not empty and holds no comparison ({EXPERIMENT_NAME}); choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(stored, asdict(exp))
+    write_json(stored, now)
 
 
 def arm_dirs(out: Path, specs: list[EncoderSpec]) -> list[Arm]:
@@ -225,14 +230,18 @@ class ArmClock(TrainerCallback):
 
 
 def train_seconds(clock: dict) -> float:
-    return sum(stage.get("end", 0.0) for key, stage in clock.items() if isinstance(stage, dict))
+    """Training seconds of an arm: the stages' times at their end (``ArmClock``)."""
+    return sum(stage.get("end", 0.0) for stage in clock.values() if isinstance(stage, dict))
 
 
 def run(exp: Experiment, arms: list[Arm], out: Path, *, console=None, progress: bool = True) -> dict[str, Any]:
     """Upgrade every arm, train every arm, score the source and every arm, write the report."""
     from .compare_report import build_report, print_report, write_report
 
-    say = console.rule if console is not None else (lambda *_: None)
+    def say(text: str) -> None:  # plain text: specs and paths are neither markup nor emoji codes
+        if console is not None:
+            console.rule(Text(text, style="bold"))
+
     if _rank() == 0:
         for arm in arms:
             _upgrade(exp, arm, out / "arms" / arm.name, say, progress)
@@ -263,7 +272,7 @@ def _upgrade(exp: Experiment, arm: Arm, d: Path, say, progress: bool) -> None:
         shutil.rmtree(run)
     if (d / "upgraded").is_dir():  # written atomically: it exists only when complete
         return
-    say(f"[bold]{arm.name}: upgrade ({arm.spec})")
+    say(f"{arm.name}: upgrade ({arm.spec})")
     t0 = time.perf_counter()
     try:
         upgrade(exp.source, str(arm.spec), d / "upgraded", progress=progress)
@@ -280,7 +289,7 @@ def _train(exp: Experiment, arm: Arm, d: Path, say, console, progress: bool) -> 
     if (run / RUN_SUMMARY_NAME).is_file():  # finished earlier
         return
     resume = (run / "recipe.yaml").is_file()
-    say(f"[bold]{arm.name}: {'resume' if resume else 'train'} ({exp.recipe})")
+    say(f"{arm.name}: {'resume' if resume else 'train'} ({exp.recipe})")
     train(
         exp.recipe,
         d / "upgraded",
@@ -302,7 +311,7 @@ def _model(exp: Experiment, name: str, d: Path, path, say, progress: bool, arm: 
 
     d.mkdir(parents=True, exist_ok=True)
     if not (d / SCORES_NAME).is_file():
-        say(f"[bold]{name}: score")
+        say(f"{name}: score")
         t0 = time.perf_counter()
         model, processor = load_any(path)
         eval_images = Path(exp.eval_images) if exp.eval_images else None
@@ -314,12 +323,14 @@ def _model(exp: Experiment, name: str, d: Path, path, say, progress: bool, arm: 
         write_json(d / SCORES_NAME, {**result, "eval_s": time.perf_counter() - t0})
     entry = {"name": name, "path": str(path), "scores": read_json(d / SCORES_NAME)}
     if exp.lmms_tasks:
-        if not (d / LMMS_NAME).is_file():
+        lmms = read_json(d / LMMS_NAME) if (d / LMMS_NAME).is_file() else {}
+        if lmms.get("tasks") != exp.lmms_tasks:
             from .integrations.lmms_eval.scores import run_tasks
 
-            say(f"[bold]{name}: lmms-eval ({', '.join(exp.lmms_tasks)})")
-            write_json(d / LMMS_NAME, run_tasks(str(path), exp.lmms_tasks))
-        entry["lmms"] = read_json(d / LMMS_NAME)
+            say(f"{name}: lmms-eval ({', '.join(exp.lmms_tasks)})")
+            lmms = {"tasks": exp.lmms_tasks, "scores": run_tasks(str(path), exp.lmms_tasks)}
+            write_json(d / LMMS_NAME, lmms)
+        entry["lmms"] = lmms["scores"]
     if arm is not None:
         entry.update(
             encoder=str(arm.spec),
@@ -391,14 +402,9 @@ def compare_embedded(
 
 
 def _write_embedded_inputs(inputs: Path, scenes: dict[str, int], console) -> None:
-    from . import zoo
-    from .zoo.models import save_vision_tower
+    from .zoo import build_comparison
 
     if console is not None:
         console.rule("[bold]embedded models and data")
     with atomic_dir(inputs, ours=True) as tmp:
-        models = zoo.build_default(tmp / "models")
-        save_vision_tower(models["source"], tmp / "models" / "tiny-clip")
-        zoo.write_dataset(tmp / "data" / "train", scenes["train"], seed=1)  # the demo's rows
-        zoo.write_dataset(tmp / "data" / "eval", scenes["eval"], seed=2)
-        zoo.write_dataset(tmp / "data" / "text", scenes["text"], seed=3, words=True)
+        build_comparison(tmp, scenes)
