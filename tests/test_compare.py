@@ -204,3 +204,38 @@ def test_the_lmms_eval_runner_takes_the_untouched_source_too(world, images):
         "results": {"mme": {"alias": "mme", "mme_cognition_score,none": 310.5, "mme_cognition_score_stderr,none": 1.2}}
     }
     assert task_metrics(results) == {"mme": {"mme_cognition_score,none": 310.5}}
+
+
+def _model(name, image, text, encoder=None):
+    entry = {"name": name, "path": f"/{name}", "scores": {"correct": image, "text": {"correct": text}}}
+    entry["scores"]["text"].update(accuracy=float(np.mean(text)), perplexity=2.0 - np.mean(text))
+    if encoder:
+        stages = [{"name": "align", "trainable": {"connector": 10, "llm": 0}}]
+        entry.update(encoder=encoder, upgraded="", clock={"upgrade_s": 1.0, "stage-1-align": {"end": 2.0}})
+        entry["run_summary"] = {"stages": stages, "data_report": {"kept": 16}}
+    return entry
+
+
+def test_forgetting_and_its_reduction_are_computed_from_the_rows():
+    from vlm_swap.compare import Experiment
+    from vlm_swap.compare_report import build_report, markdown
+
+    exp = Experiment("src", "tiny-cpu", [], {"name": "tiny-cpu"}, "d", None, "e", None, "t")
+    ones = [1] * 40
+    report = build_report(
+        exp,
+        [
+            _model("source", [1, 0] * 20, ones),
+            _model("perceiver-p", [1, 1, 0, 1] * 10, [1] * 30 + [0] * 10, "perceiver:p"),  # forgets 25%
+            _model("hf-vit-v", [0, 1, 0, 0] * 10, [1] * 20 + [0] * 20, "hf-vit:v"),  # forgets 50%
+        ],
+    )
+    source, p, v = report["models"]
+    assert (source["image"]["accuracy"], p["image"]["accuracy"], v["image"]["accuracy"]) == (0.5, 0.75, 0.25)
+    assert (p["forgetting"]["value"], v["forgetting"]["value"]) == (0.25, 0.5)
+    (reduction,) = report["forgetting_reduction"]
+    assert reduction["value"] == 0.5 and reduction["ci95"][0] <= 0.5 <= reduction["ci95"][1]
+    assert p["wall_s"] == {"upgrade": 1.0, "train": 2.0, "total": 3.0} and p["trainable_params"] == {"align": 10}
+    assert any(f.startswith("image accuracy: perceiver-p") and "do not overlap" in f for f in report["findings"])
+    assert any(f.startswith("forgetting reduction of perceiver-p against hf-vit-v: 50.0%") for f in report["findings"])
+    assert "| perceiver-p | 0.750 [" in markdown(report)
