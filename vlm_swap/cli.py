@@ -397,7 +397,7 @@ def compare(
     """Upgrade SOURCE with every --arm, train each alike, score them and the source on the same rows.
 
     Writes report.json, report.md and compare.png under --out; a rerun continues where it stopped.
-    --embedded: the tiny source, a CLIP-tower arm and the perceiver arm (about 6 minutes on two CPU cores).
+    --embedded: the tiny source, a CLIP-tower arm and the perceiver arm, offline (the demo's training twice).
     """
     from .compare import compare as run_compare
     from .compare import compare_embedded

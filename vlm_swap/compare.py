@@ -14,8 +14,8 @@ then scored on the same rows (``evaluation.score``). The comparison directory ho
     report.json report.md compare.png   (``compare_report``)
 
 A rerun continues where it stopped: upgrades and scores that exist are kept (both are written
-atomically, so existing means complete), finished runs are kept, and a killed run resumes from its
-newest complete checkpoint (``train(..., resume=True)``). Before anything is loaded, arm specs
+atomically, so existing means complete), finished runs are kept, a killed run resumes from its
+newest complete checkpoint (``train(..., resume=True)``), and arms may be added. Before anything is loaded, arm specs
 (kind, form, duplicates), the recipe, the input files and the evaluation rows are checked; every
 arm is then upgraded before any is trained, and the upgrade runs the pair checks, so a bad arm
 stops the command in one line before any training. Under ``torchrun`` the upgrades, scores and
@@ -115,7 +115,7 @@ def plan(
     source_path = Path(source).expanduser()
     exp = Experiment(
         source=_absolute(source) if source_path.exists() else source,
-        recipe=recipe,
+        recipe=_absolute(recipe) if Path(recipe).is_file() else recipe,  # a YAML file, or a shipped name
         overrides=list(overrides),
         resolved_recipe=resolved,
         data=_absolute(data),
