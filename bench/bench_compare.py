@@ -61,6 +61,7 @@ def main(argv=None) -> None:
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load_after],
     }
+    load["threads"] = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
     record("compare_embedded_wall_s", round(wall, 1), goal=f"<= {GOAL_S}", models=figures, **load)
     (reduction,) = report["forgetting_reduction"]
     record(
@@ -71,6 +72,7 @@ def main(argv=None) -> None:
         arm=reduction["arm"],
         against=reduction["against"],
         findings=report["findings"],
+        threads=load["threads"],
     )
     if not opts.keep:
         shutil.rmtree(opts.out, ignore_errors=True)
