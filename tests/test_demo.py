@@ -18,6 +18,8 @@ def test_demo_aligns_the_upgraded_model(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     for step in ("inspect", "check the pair", "upgrade", "evaluate before", "align", "evaluate after", "generate"):
         assert step in done.stdout
+    closing = " ".join(done.stdout.strip().splitlines()[-4:])
+    assert "next: `vlm-swap compare --embedded`" in closing  # the demo's closing lines point to the A/B experiment
     report = json.loads((out / "report.json").read_text())
     assert report["after"]["accuracy"] - report["before"]["accuracy"] >= 0.3, report
     assert (out / "loss.png").stat().st_size > 1000

@@ -71,7 +71,16 @@ def test_multiple_choice_and_text_perplexity_via_cli(tmp_path, pretrained):
     assert scores["choice"]["n"] == 20 and 0.0 <= scores["choice"]["accuracy"] <= 1.0
     assert scores["accuracy"] == scores["choice"]["accuracy"]
     assert scores["text"]["tokens"] > 0 and scores["text"]["perplexity"] > 1.0
-    assert "text perplexity" in result.output
+    assert scores["text"]["n"] == 4 and 0.0 <= scores["text"]["accuracy"] <= 1.0  # exact match of the answers
+    assert "text perplexity" in result.output and "text accuracy" in result.output
+
+
+def test_the_source_answers_questions_about_scenes_told_in_words(tmp_path, pretrained):
+    text = zoo.write_dataset(tmp_path / "words", 60, seed=5, words=True)
+    rows = json.loads(text.read_text())
+    assert all("image" not in row for row in rows) and not list((tmp_path / "words" / "images").iterdir())
+    result = evaluate(str(pretrained["source"]), None, None, text)["model"]["text"]
+    assert result["n"] == 60 and result["accuracy"] >= 0.8  # the text-only task the source LLM has learned
 
 
 def test_eval_needs_data(pretrained):

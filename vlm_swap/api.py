@@ -51,14 +51,20 @@ def load(
     return model.eval(), processor
 
 
-def load_any(path: str | Path, *, trust_remote_code: bool = False, allow_pickle: bool = False):
+def load_any(
+    path: str | Path,
+    *,
+    dtype: torch.dtype | str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+):
     """A vlm-swap model (or run), or any transformers image-text model such as a llava-hf source."""
     local = Path(path)
     opts = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
     if (local / "adapter_config.json").is_file():
-        return load(path, **opts)
+        return load(path, dtype=dtype, **opts)
     resolved = resolve_source(str(path), allow_pickle=allow_pickle)
     if read_json(Path(resolved) / "config.json").get("model_type") == "swap_vlm":
-        return load(resolved, **opts)
-    model = load_pretrained(AutoModelForImageTextToText, resolved, dtype=None, **opts)
+        return load(resolved, dtype=dtype, **opts)
+    model = load_pretrained(AutoModelForImageTextToText, resolved, dtype=dtype, **opts)
     return model.eval(), AutoProcessor.from_pretrained(resolved, trust_remote_code=trust_remote_code)

@@ -18,6 +18,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import VlmSwapError
@@ -52,7 +53,8 @@ def user_errors():
     except VlmSwapError as exc:
         if _state["debug"]:
             raise
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # the message is text: a spec such as perceiver:x must not turn into an emoji, nor [..] into markup
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True, emoji=False)
         raise typer.Exit(exc.exit_code) from None
     except OSError as exc:  # the system refused a read or write the checks above could not foresee
         if _state["debug"]:
@@ -382,6 +384,61 @@ def _print_scores(result: dict) -> None:
     for metric in dict.fromkeys(m for r in rows.values() for m in r):
         table.add_row(metric, *(f"{rows[c][metric]:.4g}" if metric in rows[c] else "-" for c in columns))
     out.print(table)
+
+
+@app.command()
+def compare(
+    source: str = typer.Argument(None, help="The VLM every arm is upgraded from (not with --embedded)."),
+    arms: list[str] = typer.Option([], "--arm", help="An encoder spec KIND:SOURCE to upgrade with (repeat per arm)."),
+    recipe: str = typer.Option(None, "--recipe", help="The recipe every arm is trained with (name or YAML)."),
+    data: Path = typer.Option(None, "--data", help="Training data (LLaVA JSON/JSONL or messages JSONL)."),
+    images: Path = typer.Option(None, "--images", help="Folder the training data's image paths are relative to."),
+    eval_data: Path = typer.Option(None, "--eval-data", help="Image questions every model is scored on."),
+    eval_images: Path = typer.Option(
+        None, "--eval-images", help="Folder of the eval data's images (default --images)."
+    ),
+    text_data: Path = typer.Option(None, "--text-data", help="Text-only questions: text ability and forgetting."),
+    lmms_tasks: str = typer.Option(None, "--lmms-tasks", help="lmms-eval tasks (a,b) to run on every model."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a recipe field: key.path=value (repeatable)."),
+    out_dir: Path = typer.Option(Path("vlm-swap-compare"), "--out", "-o", help="The comparison directory."),
+    embedded: bool = typer.Option(
+        False, "--embedded/--no-embedded", help="The whole A/B offline on the embedded tiny models."
+    ),
+) -> None:
+    """Upgrade SOURCE with every --arm, train each alike, score them and the source on the same rows.
+
+    Writes report.json, report.md and compare.png under --out; a rerun continues where it stopped.
+    --embedded: the tiny source, a CLIP-tower arm and the perceiver arm, offline (the demo's training twice).
+    """
+    from .compare import compare as run_compare
+    from .compare import compare_embedded
+
+    with user_errors():
+        if embedded:
+            if source or arms or recipe or data or eval_data or text_data or lmms_tasks:
+                raise VlmSwapError("--embedded brings its own source, arms, recipe and data; pass only --out and --set")
+            report = compare_embedded(out_dir, overrides=overrides, console=out)
+        else:
+            for flag, value in (("SOURCE", source), ("--recipe", recipe), ("--data", data), ("--eval-data", eval_data)):
+                if not value:
+                    raise VlmSwapError(f"compare needs {flag} (or --embedded for the embedded tiny models)")
+            tasks = [t.strip() for t in (lmms_tasks or "").split(",") if t.strip()]
+            report = run_compare(
+                source,
+                arms,
+                recipe,
+                data,
+                eval_data,
+                out_dir,
+                console=out,
+                images=images,
+                eval_images=eval_images,
+                text_data=text_data,
+                overrides=overrides,
+                lmms_tasks=tasks,
+            )
+    if report:  # the main process (the others only train)
+        out.print(f"report written to [bold]{out_dir / 'report.md'}[/] (also report.json, compare.png)")
 
 
 @app.command()

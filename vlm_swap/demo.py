@@ -123,4 +123,9 @@ def run_demo(out_dir: Path, console: Console) -> dict:
     console.print(
         f"done in {timings['total_s']:.0f}s; report in {out_dir / MARKER}, loss curve in {out_dir / 'loss.png'}"
     )
+    console.print(
+        "next: `vlm-swap compare --embedded` runs the A/B experiment on these models: the perceiver arm against "
+        "the source's own CLIP tower re-aligned, same recipe, with intervals and text forgetting",
+        highlight=False,
+    )
     return summary

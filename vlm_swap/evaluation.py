@@ -3,9 +3,11 @@
 Image questions are LLaVA/messages rows whose last assistant turn is the reference. A row with
 ``options`` (a list of strings) is scored as multiple choice: the option with the highest mean
 log-likelihood is the model's answer. Other rows are scored by exact match of the greedy answer
-(lower-cased, stripped of surrounding spaces and end punctuation). The text-only score is the
-perplexity of the answers of text-only rows (no images), to measure how much of the LLM's text
-ability a fine-tune has kept against the source model.
+(lower-cased, stripped of surrounding spaces and end punctuation). The text-only scores are the
+exact-match accuracy and the perplexity of the answers of text-only rows (no images), to measure
+how much of the LLM's text ability a fine-tune has kept against the source model. With
+``per_row`` each accuracy comes with its rows' 0/1 outcomes (``correct``, in row order), from which
+``vlm-swap compare`` draws its bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -45,11 +47,14 @@ def qa_accuracy(
     max_new_tokens: int = 8,
     progress: bool = False,
     label: str = "eval",
+    per_row: bool = False,
 ) -> dict[str, Any]:
-    """Exact-match accuracy of greedy answers; returns accuracy, count and a few examples."""
+    """Exact-match accuracy of greedy answers; returns accuracy, count, a few examples (and, with
+    ``per_row``, every row's 0/1 outcome)."""
     tok = processor.tokenizer
     side, tok.padding_side = tok.padding_side, "left"
-    correct, examples = 0, []
+    flags: list[int] = []
+    examples = []
     try:
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task(label, total=len(samples))
@@ -70,19 +75,26 @@ def qa_accuracy(
                 answers = tok.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
                 for ans, ref in zip(answers, refs, strict=True):
                     ok = normalize(ans) == normalize(ref)
-                    correct += ok
+                    flags.append(int(ok))
                     if len(examples) < 5:
                         examples.append({"answer": ans.strip(), "reference": ref, "correct": ok})
                 bar.advance(task, len(chunk))
     finally:
         tok.padding_side = side
-    return {"accuracy": correct / max(len(samples), 1), "n": len(samples), "examples": examples}
+    return _accuracy(flags, per_row, examples=examples)
+
+
+def _accuracy(flags: list[int], per_row: bool, **extra) -> dict[str, Any]:
+    out = {"accuracy": sum(flags) / max(len(flags), 1), "n": len(flags), **extra}
+    return {**out, "correct": flags} if per_row else out
 
 
 @torch.inference_mode()
-def choice_accuracy(model, encoder: Encoder, rows: list[tuple[Sample, list[str]]]) -> dict[str, Any]:
+def choice_accuracy(
+    model, encoder: Encoder, rows: list[tuple[Sample, list[str]]], *, per_row: bool = False
+) -> dict[str, Any]:
     """Multiple choice: the option with the highest mean log-likelihood of its answer tokens."""
-    correct = 0
+    flags: list[int] = []
     for sample, options in rows:
         messages, ref = _prompt_and_reference(sample)
         scores = []
@@ -93,8 +105,8 @@ def choice_accuracy(model, encoder: Encoder, rows: list[tuple[Sample, list[str]]
                 sample.images,
             )
             scores.append(-_mean_nll(model, encoder(s)))
-        correct += normalize(options[max(range(len(options)), key=scores.__getitem__)]) == normalize(ref)
-    return {"accuracy": correct / max(len(rows), 1), "n": len(rows)}
+        flags.append(int(normalize(options[max(range(len(options)), key=scores.__getitem__)]) == normalize(ref)))
+    return _accuracy(flags, per_row)
 
 
 def _mean_nll(model, enc: dict[str, torch.Tensor]) -> float:
@@ -128,8 +140,9 @@ def score(
     progress: bool = False,
     label: str = "eval",
     allow_absolute_paths: bool = False,
+    per_row: bool = False,
 ) -> dict[str, Any]:
-    """All scores of one model on the given data."""
+    """All scores of one model on the given data (``per_row``: with every row's 0/1 outcome)."""
     encoder = Encoder(processor, 4096, empty_think)
     result: dict[str, Any] = {}
     if data is not None:
@@ -138,14 +151,18 @@ def score(
         mc = [(s, s.options) for s in samples if s.options]
         open_ended = [s for s in samples if not s.options]
         if open_ended:
-            result.update(qa_accuracy(model, processor, open_ended, progress=progress, label=label))
+            result.update(qa_accuracy(model, processor, open_ended, progress=progress, label=label, per_row=per_row))
         if mc:
-            result["choice"] = choice_accuracy(model, encoder, mc)
+            result["choice"] = choice_accuracy(model, encoder, mc, per_row=per_row)
             if not open_ended:
                 result["accuracy"] = result["choice"]["accuracy"]
     if text_data is not None:
         samples, _ = load_dataset(text_data, None, encoder, max_images=0)
-        result["text"] = text_perplexity(model, encoder, list(samples[:limit] if limit else samples))
+        samples = list(samples[:limit] if limit else samples)
+        result["text"] = {
+            **qa_accuracy(model, processor, samples, progress=progress, label=f"{label} (text)", per_row=per_row),
+            **text_perplexity(model, encoder, samples),
+        }
     return result
 
 
@@ -157,6 +174,7 @@ def flat_scores(result: dict[str, Any]) -> dict[str, float]:
     if "choice" in result:
         out["choice accuracy"] = result["choice"]["accuracy"]
     if "text" in result:
+        out["text accuracy"] = result["text"]["accuracy"]
         out["text perplexity"] = result["text"]["perplexity"]
     return out
 

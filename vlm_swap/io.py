@@ -457,10 +457,25 @@ def write_json(path: Path, data: Any) -> None:
 
 def write_text(path: Path, text: str) -> None:
     """Write a file atomically: a temporary sibling renamed over ``path`` (a reader never sees half a file)."""
+    _write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_figure(fig, path: Path) -> Path:
+    """Save a matplotlib figure as PNG atomically (like ``write_text``) and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        _write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        write(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)

@@ -37,6 +37,7 @@ from ..io import (
     check_not_an_input,
     check_output_dir,
     read_json,
+    write_figure,
     write_json,
     write_text,
 )
@@ -294,12 +295,7 @@ def plot_losses(run: Path, recipe: Recipe) -> Path:
     ax.set_title(f"{recipe.name}")
     ax.legend()
     fig.tight_layout()
-    path = run / "loss.png"
-    tmp = run / f".loss.png.tmp-{os.getpid()}"
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)  # atomic, like every other output
-    return path
+    return write_figure(fig, run / "loss.png")  # atomic, like every other output
 
 
 def merge(run: str | Path, out: str | Path, *, force: bool = False, allow_pickle: bool = False) -> Path:

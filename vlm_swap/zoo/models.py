@@ -162,3 +162,11 @@ def build_llm(out: Path, *, family: str = "qwen3", seed: int = 0) -> Path:
     tok = make_tokenizer(LLM_STYLE[family])
     model = tf.AutoModelForCausalLM.from_config(text_config(family, tok)).eval()
     return _save(model, tok, out)
+
+
+def save_vision_tower(llava_dir: Path, out: Path) -> Path:
+    """The vision tower of a llava-hf checkpoint saved on its own (``CLIPVisionModel`` + its image
+    processor), for an ``hf-vit`` arm that re-aligns the source's own ViT with a fresh connector."""
+    model = tf.LlavaForConditionalGeneration.from_pretrained(llava_dir)
+    processor = tf.AutoProcessor.from_pretrained(llava_dir)
+    return _save(model.model.vision_tower.eval(), processor.image_processor, out)

@@ -1,10 +1,12 @@
 """Regenerate the embedded pretrained tiny models: ``python -m vlm_swap.zoo.pretrain``.
 
 Trains, on the synthetic world, (1) the tiny llava-hf VLM that plays the user's existing model,
-so that it answers the world's questions, and (2) the tiny Qwen3-VL small VLM used as the
-perceiver, so that its image states describe the image. Both use the HF Trainer and the same
-data pipeline as ``vlm-swap train``; the result is deterministic for a given seed, torch version
-and machine, and is committed under ``vlm_swap/zoo/pretrained/``.
+so that it answers the world's questions about images and, with no image, about scenes told in
+words (the text-only task on which ``vlm-swap compare --embedded`` measures forgetting), and (2)
+the tiny Qwen3-VL small VLM used as the perceiver, so that its image states describe the image.
+Both use the HF Trainer and the same data pipeline as ``vlm-swap train``; the result is
+deterministic for a given seed, torch version and machine, and is committed under
+``vlm_swap/zoo/pretrained/``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ class _WithTokenTypes(Collator):
         return batch
 
 
-def pretrain(path: Path, data_dirs: list[Path], eval_dir: Path, *, steps: int, lr: float, seed: int, token_types: bool):
+def pretrain(
+    path: Path, data_dirs: list[Path], eval_dirs: list[Path], *, steps: int, lr: float, seed: int, token_types: bool
+):
     model = AutoModelForImageTextToText.from_pretrained(path)
     processor = AutoProcessor.from_pretrained(path)
     encoder = Encoder(processor, 512)
@@ -72,13 +76,13 @@ def pretrain(path: Path, data_dirs: list[Path], eval_dir: Path, *, steps: int, l
     result = trainer.train()
     shutil.rmtree(args.output_dir, ignore_errors=True)
     model.eval()
-    accuracy = None
-    if not token_types:
-        held_out, _ = load_dataset(eval_dir / "data.json", eval_dir, encoder)
-        accuracy = qa_accuracy(model, processor, held_out)["accuracy"]
+    accuracies = []
+    for d in eval_dirs:
+        held_out, _ = load_dataset(d / "data.json", d, encoder)
+        accuracies.append(qa_accuracy(model, processor, held_out)["accuracy"])
     model.save_pretrained(path)
     processor.save_pretrained(path)
-    return result.training_loss, accuracy
+    return result.training_loss, accuracies
 
 
 def main(argv=None) -> None:
@@ -93,17 +97,25 @@ def main(argv=None) -> None:
         tmp = Path(tmp)
         write_dataset(tmp / "qa", args.scenes, seed=100 + args.seed)
         write_dataset(tmp / "captions", args.scenes // 3, seed=500 + args.seed, captions=True)
+        write_dataset(tmp / "words", args.scenes // 2, seed=700 + args.seed, words=True)
         write_dataset(tmp / "eval", 200, seed=900 + args.seed)
+        write_dataset(tmp / "eval-words", 200, seed=950 + args.seed, words=True)
         llava = build_llava(tmp / "tiny-llava", llm="llama2", vision="clip", seed=args.seed)
-        loss, acc = pretrain(
-            llava, [tmp / "qa"], tmp / "eval", steps=args.steps, lr=1e-3, seed=args.seed, token_types=False
+        loss, (acc, text_acc) = pretrain(
+            llava,
+            [tmp / "qa", tmp / "words"],
+            [tmp / "eval", tmp / "eval-words"],
+            steps=args.steps,
+            lr=1e-3,
+            seed=args.seed,
+            token_types=False,
         )
-        print(f"tiny-llava: train loss {loss:.3f}, held-out accuracy {acc:.3f}")
+        print(f"tiny-llava: train loss {loss:.3f}, held-out accuracy {acc:.3f} (images), {text_acc:.3f} (words)")
         perceiver = build_perceiver(tmp / "tiny-qwen3-vl", family="qwen3_vl", seed=args.seed)
         loss, _ = pretrain(
             perceiver,
             [tmp / "qa", tmp / "captions"],
-            tmp / "eval",
+            [],
             steps=args.steps,
             lr=1e-3,
             seed=args.seed,

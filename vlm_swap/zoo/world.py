@@ -4,6 +4,11 @@ Everything is a pure function of a seed, so the same seed gives the same images 
 every machine. A scene holds 1-3 shapes; each has a colour, a kind and a position (left,
 middle, right). Captions describe the scene; questions ask for a colour, a shape or a count,
 with the short answer that the tiny models learn to give.
+
+The text-only task asks the same questions about a scene told in words, with no image ("there
+are a red circle on the left and a blue square on the right. what shape is on the right?"): the
+embedded source LLM learns it in pretraining, so how much of it an image fine-tune keeps measures
+the text ability the LLM loses (``vlm-swap compare``'s forgetting).
 """
 
 from __future__ import annotations
@@ -63,11 +68,18 @@ class Scene:
                 draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
         return img
 
-    def caption(self) -> str:
+    def _shapes_in_words(self) -> str:
         parts = [
             f"{'an' if s.color[0] in 'aeiou' else 'a'} {s.color} {s.kind} on the {s.position}" for s in self.shapes
         ]
-        return "the image shows " + " and ".join(parts) + "."
+        return " and ".join(parts)
+
+    def caption(self) -> str:
+        return f"the image shows {self._shapes_in_words()}."
+
+    def in_words(self) -> str:
+        """The scene told in words, for the text-only task (the world's own vocabulary)."""
+        return f"there {'is' if len(self.shapes) == 1 else 'are'} {self._shapes_in_words()}."
 
     def questions(self) -> list[tuple[str, str]]:
         """(question, short answer) pairs about the scene."""
@@ -97,11 +109,14 @@ def vocabulary() -> list[str]:
     return sorted(set(words))
 
 
-def write_dataset(out_dir: Path, n: int, seed: int = 0, *, fmt: str = "llava", captions: bool = False) -> Path:
+def write_dataset(
+    out_dir: Path, n: int, seed: int = 0, *, fmt: str = "llava", captions: bool = False, words: bool = False
+) -> Path:
     """``n`` scenes as PNG files under ``out_dir/images`` and a LLaVA JSON (or messages JSONL) file.
 
     Each row is one question (or one caption request when ``captions``) about one scene; the file
-    is ``out_dir/data.json`` (LLaVA) or ``out_dir/data.jsonl`` (``fmt="messages"``).
+    is ``out_dir/data.json`` (LLaVA) or ``out_dir/data.jsonl`` (``fmt="messages"``). ``words``: the
+    text-only task, the scene told in words before the question and no image (none is written).
     """
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -110,11 +125,14 @@ def write_dataset(out_dir: Path, n: int, seed: int = 0, *, fmt: str = "llava", c
     for i in range(n):
         scene = make_scene(seed * 1_000_003 + i)
         name = f"images/{i:05d}.png"
-        scene.render().save(out_dir / name)
         if captions:
             question, answer = "describe the image.", scene.caption()
         else:
             question, answer = rng.choice(scene.questions())
+        if words:
+            rows.append(_text_row(i, f"{scene.in_words()} {question}", answer, fmt))
+            continue
+        scene.render().save(out_dir / name)
         if fmt == "llava":
             rows.append(
                 {
@@ -145,3 +163,10 @@ def write_dataset(out_dir: Path, n: int, seed: int = 0, *, fmt: str = "llava", c
         path = out_dir / "data.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def _text_row(i: int, question: str, answer: str, fmt: str) -> dict:
+    if fmt == "llava":
+        turns = [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+        return {"id": str(i), "conversations": turns}
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}

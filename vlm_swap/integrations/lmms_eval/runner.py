@@ -3,8 +3,8 @@
 lmms-eval ("simple" models) sends ``generate_until`` requests (a context, generation kwargs and the
 document's images) and ``loglikelihood`` requests (a context, a continuation and the images; a
 ``multiple_choice`` task sends one per option). :class:`Runner` answers both in batches on top of
-``vlm_swap.api.load`` and the model's processor. The user turn is the images first and the context
-as text, as ``vlm-swap generate`` and ``vlm-swap eval`` build it, unless the context already holds
+``vlm_swap.api.load_any`` (an upgraded model, a training run or the untouched source VLM) and the
+model's processor. The user turn is the images first and the context as text, as ``vlm-swap generate`` and ``vlm-swap eval`` build it, unless the context already holds
 the image token, in which case the images go where it stands.
 
 - Generation is greedy unless the request asks for sampling (``temperature > 0``) and stops at the
@@ -24,9 +24,9 @@ import torch
 from PIL import Image
 from rich.progress import Progress
 
-from ...api import load
-from ...errors import VlmSwapError
+from ...api import load_any
 from ...data import IGNORE, Collator, Encoder, RowError, Sample, TooLong
+from ...errors import VlmSwapError
 
 DEFAULT_MAX_NEW_TOKENS = 1024
 DEFAULT_CONTEXT = 4096  # tokens, where the LLM's config names no max_position_embeddings
@@ -85,7 +85,8 @@ class Runner:
         self.progress = progress
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model, self.processor = load(pretrained, dtype=dtype_of(dtype))
+        # any model vlm-swap evaluates: an upgraded model, a training run, or the untouched source VLM
+        self.model, self.processor = load_any(pretrained, dtype=dtype_of(dtype))
         self.model.to(device)
         self.tokenizer = self.processor.tokenizer
         context = getattr(self.model.config.get_text_config(), "max_position_embeddings", None) or DEFAULT_CONTEXT
