@@ -21,11 +21,11 @@ from PIL import Image
 
 import vlm_swap
 from vlm_swap import zoo
+from vlm_swap.data import Encoder, Sample
 from vlm_swap.errors import VlmSwapError
 from vlm_swap.evaluation import _mean_nll, evaluate
 from vlm_swap.generation import generate_answer
 from vlm_swap.integrations.lmms_eval.runner import Runner, batch_size_of, dtype_of, images_of
-from vlm_swap.data import Encoder, Sample
 from vlm_swap.train.run import train
 
 PLUGIN = "vlm_swap.integrations.lmms_eval"

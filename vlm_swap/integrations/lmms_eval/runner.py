@@ -4,8 +4,9 @@ lmms-eval ("simple" models) sends ``generate_until`` requests (a context, genera
 document's images) and ``loglikelihood`` requests (a context, a continuation and the images; a
 ``multiple_choice`` task sends one per option). :class:`Runner` answers both in batches on top of
 ``vlm_swap.api.load_any`` (an upgraded model, a training run or the untouched source VLM) and the
-model's processor. The user turn is the images first and the context as text, as ``vlm-swap generate`` and ``vlm-swap eval`` build it, unless the context already holds
-the image token, in which case the images go where it stands.
+model's processor. The user turn is the images first and the context as text, as ``vlm-swap
+generate`` and ``vlm-swap eval`` build it, unless the context already holds the image token, in
+which case the images go where it stands.
 
 - Generation is greedy unless the request asks for sampling (``temperature > 0``) and stops at the
   request's ``until`` strings.
