@@ -36,6 +36,7 @@ from ..io import (
     write_text,
 )
 from ..llms import LLMS
+from . import precision
 from .data import Collator, Encoder, SwapDataset, load_dataset
 from .engine import NonFiniteError, RichProgress, SwapTrainer, newest_checkpoint, trainable_finite, training_arguments
 from .features import FeatureCache
@@ -116,6 +117,7 @@ def train(
         console.print(f"data: {report.summary()}")
     plan = run_plan(spec)
     model = wrap(model, plan, seed=spec.stages[0].seed)
+    stored = precision.place(model, spec, on_gpu=torch.cuda.is_available())  # before any DDP/FSDP/ZeRO wrapper
     if _rank() == 0:
         run.mkdir(parents=True, exist_ok=True)
         write_text(run / RECIPE_NAME, yaml.safe_dump(recipe_to_dict(spec), sort_keys=False))
@@ -172,7 +174,8 @@ def train(
                 )
             if trainer.is_world_process_zero():
                 with atomic_dir(final, force=True, ours=True) as tmp:
-                    trainer.model.save_pretrained(tmp)
+                    state = None if plan.uses_peft else precision.for_saving(trainer.model.state_dict(), stored)
+                    trainer.model.save_pretrained(tmp, state_dict=state)
                     if not plan.uses_peft:  # a full model: make it loadable on its own
                         _write_model_extras(tmp, processor, model_path, trained_by=str(run))
                     write_json(tmp / "log_history.json", trainer.state.log_history)
