@@ -5,10 +5,13 @@ connector maps any width, but both must be known), the image-token budget agains
 context, placeholder tokens (present, or added with new embedding rows), pad != eos, and the
 text family (same family is expected to align more deeply, DPA's premise; it is reported, not
 enforced, since only hidden states cross over).
+
+It also holds, at its end, every use of a private API of a dependency, each behind one wrapper.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 from .catalog import CatalogEntry
@@ -113,3 +116,26 @@ def require_compatible(checks: list[Check]) -> None:
 
 def as_dicts(checks: list[Check]) -> list[dict]:
     return [asdict(c) for c in checks]
+
+
+# ---- private APIs of dependencies, each behind one wrapper ----------------------------------------
+
+
+def keep_fsdp_on_cpu(accelerator) -> bool:
+    """Run an ``accelerate launch`` FSDP config as FSDP on CPU processes (gloo) too; True when it does.
+
+    accelerate's ``AcceleratorState`` enables FSDP only on accelerator devices: on CPU it silently runs
+    the config as DDP. FSDP2 (``fully_shard``) itself runs on CPU over gloo, so the state's distributed
+    type is switched back to FSDP, with the plugin read from the launcher's ``FSDP_*`` variables. Every
+    ``Accelerator`` re-reads the process state when it is built, so this runs after each one.
+    """
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return False
+    state = accelerator.state
+    if state.distributed_type == DistributedType.MULTI_CPU:
+        state.distributed_type = DistributedType.FSDP
+        if getattr(state, "fsdp_plugin", None) is None:
+            state.fsdp_plugin = FullyShardedDataParallelPlugin()
+    return state.distributed_type == DistributedType.FSDP

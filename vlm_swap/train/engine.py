@@ -15,12 +15,16 @@ import shutil
 from pathlib import Path
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from ..compat import keep_fsdp_on_cpu
 from ..errors import VlmSwapError
+from .distributed import agree, local
 from .features import FeatureCache
+from .lockstep import DummyImage
 from .plan import component_of
 from .recipe import COMPONENTS, Stage
 
@@ -76,9 +80,16 @@ class NonFiniteError(VlmSwapError):
     """Training met more non-finite losses/gradients than the stage allows, or a non-finite state to save."""
 
 
+def all_finite(tensors: list[torch.Tensor], device: torch.device) -> bool:
+    """Every element of every tensor finite, on every rank (each checks its own shards, then all agree)."""
+    parts = [t for t in map(local, tensors) if t.numel()]
+    finite = not parts or bool(torch.stack(torch._foreach_norm(parts)).isfinite().all())
+    return agree(finite, parts[0].device if parts else device)
+
+
 def trainable_finite(model: torch.nn.Module) -> bool:
     params = [p.detach() for p in model.parameters() if p.requires_grad]
-    return not params or bool(torch.stack(torch._foreach_norm(params)).isfinite().all())
+    return all_finite(params, next(model.parameters()).device)
 
 
 class SwapTrainer(Trainer):
@@ -88,14 +99,34 @@ class SwapTrainer(Trainer):
     saved. Optionally it reuses a frozen encoder's features (``feature_cache``) and batches samples
     of similar length (``stage.group_by_length``)."""
 
-    def __init__(self, *args, stage: Stage, feature_cache: FeatureCache | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        stage: Stage,
+        feature_cache: FeatureCache | None = None,
+        dummy_image: DummyImage | None = None,
+        **kwargs,
+    ):
         self.stage = stage
         self.bad_steps = 0
         self.feature_cache = feature_cache
+        self.dummy_image = dummy_image
         super().__init__(*args, **kwargs)
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if keep_fsdp_on_cpu(self.accelerator):  # accelerate alone would run an FSDP config as DDP on CPU
+            self.is_fsdp_enabled = True
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        if plugin is not None and isinstance(self.model, FSDPModule):
+            # a later stage: the model was sharded by the first stage's Trainer, whose layer classes fully_shard
+            # renamed (FSDPQwen3DecoderLayer); accelerate would look the wrap policy's classes up by name and fail
+            plugin.auto_wrap_policy = None
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         keys = inputs.pop("feature_keys", None)
+        if self.dummy_image is not None and self.dummy_image.needed(inputs):  # every rank runs the encoder
+            inputs, keys = self.dummy_image.add(inputs, keys)
         if keys is None or self.feature_cache is None:
             return super().compute_loss(model, inputs, *args, **kwargs)
         return self.feature_cache.run(
@@ -115,7 +146,7 @@ class SwapTrainer(Trainer):
 
         def step(*args, **kwargs):
             grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-            if not grads or torch.stack(torch._foreach_norm(grads)).isfinite().all():
+            if all_finite(grads, self.args.device):  # sharded gradients: every rank must skip the same steps
                 return inner(*args, **kwargs)
             self.bad_steps += 1
             optimizer.zero_grad(set_to_none=True)
@@ -192,14 +223,16 @@ def newest_checkpoint(stage_dir: Path) -> Path | None:
     """The newest checkpoint of a stage that was written completely.
 
     The HF Trainer writes weights, optimizer, scheduler and RNG state first and
-    ``trainer_state.json`` last, so a checkpoint killed mid-write lacks a readable state file.
+    ``trainer_state.json`` last, so a checkpoint killed mid-write lacks a readable state file. The
+    optimizer state is ``optimizer.pt`` (one process, DDP), ``optimizer_0/`` or ``optimizer.bin``
+    (FSDP sharded / full state) or a DeepSpeed ``latest`` tag with its ``global_step*`` folder.
     """
     if not stage_dir.is_dir():
         return None
     found = []
     for p in stage_dir.iterdir():
         m = CHECKPOINT.match(p.name)
-        if not (m and p.is_dir() and (p / "optimizer.pt").is_file() and (p / "scheduler.pt").is_file()):
+        if not (m and p.is_dir() and _has_optimizer_state(p) and (p / "scheduler.pt").is_file()):
             continue
         if not any(p.glob("rng_state*.pth")):
             continue
@@ -209,6 +242,15 @@ def newest_checkpoint(stage_dir: Path) -> Path | None:
             continue
         found.append((int(m.group(1)), p))
     return max(found)[1] if found else None
+
+
+def _has_optimizer_state(checkpoint: Path) -> bool:
+    if (checkpoint / "optimizer.pt").is_file() or (checkpoint / "optimizer.bin").is_file():
+        return True
+    if (checkpoint / "optimizer_0").is_dir():
+        return True
+    tag = checkpoint / "latest"
+    return tag.is_file() and (checkpoint / tag.read_text().strip()).is_dir()
 
 
 class RichProgress(TrainerCallback):

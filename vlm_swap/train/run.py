@@ -38,8 +38,10 @@ from ..io import (
 from ..llms import LLMS
 from . import precision
 from .data import Collator, Encoder, SwapDataset, load_dataset
+from .distributed import state_to_save
 from .engine import NonFiniteError, RichProgress, SwapTrainer, newest_checkpoint, trainable_finite, training_arguments
 from .features import FeatureCache
+from .lockstep import DummyImage
 from .plan import apply_stage, run_plan, wrap
 from .recipe import Recipe, load_recipe, recipe_to_dict
 
@@ -124,6 +126,9 @@ def train(
     dataset = SwapDataset(samples, encoder)
     collator = Collator(processor.tokenizer.pad_token_id)
     cache = FeatureCache(spec.feature_cache_mb * 2**20)
+    # a batch without images still runs the encoder and connector: ranks stay in step, and a connector-only
+    # stage still has a graph to differentiate
+    dummy = DummyImage(processor, processor.tokenizer.pad_token_id)
     summary = {"model": str(model_path), "data": str(data), "data_report": report.__dict__, "stages": []}
 
     columns = [
@@ -156,6 +161,7 @@ def train(
                 data_collator=collator,
                 stage=stage,
                 feature_cache=cache if cached else None,
+                dummy_image=dummy,
                 callbacks=[RichProgress(bar, label), *callbacks],
             )
             trainer.remove_callback(PrinterCallback)
@@ -172,10 +178,12 @@ def train(
                 raise NonFiniteError(
                     f"stage {stage.name!r} ended in a non-finite state; its final weights are not saved"
                 )
+            state = state_to_save(trainer.model, rank0=trainer.is_world_process_zero())  # a collective when sharded
             if trainer.is_world_process_zero():
                 with atomic_dir(final, force=True, ours=True) as tmp:
-                    state = None if plan.uses_peft else precision.for_saving(trainer.model.state_dict(), stored)
-                    trainer.model.save_pretrained(tmp, state_dict=state)
+                    if not plan.uses_peft:
+                        state = precision.for_saving(state, stored)
+                    trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp, state_dict=state)
                     if not plan.uses_peft:  # a full model: make it loadable on its own
                         _write_model_extras(tmp, processor, model_path, trained_by=str(run))
                     write_json(tmp / "log_history.json", trainer.state.log_history)
