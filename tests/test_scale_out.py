@@ -1,5 +1,5 @@
-"""Training on 2 CPU processes through the shipped FSDP2 launcher config, against a single-process run of the
-same global batch.
+"""Training on 2 CPU processes through the shipped launcher configs: FSDP2 (and DeepSpeed ZeRO-2/3 where
+deepspeed is installed) against a single-process run of the same global batch.
 
 The data mixes image rows with text-only rows, so with one sample per process some steps give one rank a
 batch without images: without the dummy image that rank skips the encoder's sharded layers and the other's
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,4 +153,24 @@ def test_fsdp2_on_two_processes_matches_one_and_resumes_after_kill(reference, tm
     summary = json.loads((run / "run.json").read_text())
     assert summary["stages"][0]["resumed_from"]  # stage 1 continued from a checkpoint, not from scratch
     assert [s["steps"] for s in summary["stages"]] == list(STEPS.values())
+    _same_result(run, single)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero", [2, 3])
+def test_deepspeed_zero_on_two_processes_matches_one_and_resumes(reference, tmp_path, zero):
+    """DeepSpeed runs on CPU processes through its CPU accelerator (gloo); skipped where it is not installed."""
+    pytest.importorskip("deepspeed")
+    single = reference[2]
+    run = tmp_path / f"zero{zero}"
+    _run(*_launch(f"zero{zero}.yaml", reference, run, port=29540 + zero))
+    _same_result(run, single)
+    assert (run / "stage-2-lora" / "checkpoint-4" / "latest").is_file()  # DeepSpeed's own checkpoint layout
+    # resume stage 2 from its first checkpoint: a second engine on the same model, after the first one's
+    for name in ("final", "checkpoint-4"):
+        shutil.rmtree(run / "stage-2-lora" / name)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "run.json"):
+        (run / name).unlink()
+    _run(*_launch(f"zero{zero}.yaml", reference, run, "--resume", port=29550 + zero))
+    assert json.loads((run / "run.json").read_text())["stages"][1]["resumed_from"].endswith("checkpoint-2")
     _same_result(run, single)

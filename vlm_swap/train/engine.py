@@ -34,6 +34,7 @@ SCHEDULER_NAMES = {"cosine": "cosine", "wsd": "warmup_stable_decay", "linear": "
 
 def training_arguments(stage: Stage, stage_dir: Path, *, report_to: str, eval_enabled: bool) -> TrainingArguments:
     on_gpu = torch.cuda.is_available()
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"  # set by accelerate launch
     kwargs = {}
     if stage.scheduler == "wsd":
         steps = stage.steps or 0
@@ -70,7 +71,9 @@ def training_arguments(stage: Stage, stage_dir: Path, *, report_to: str, eval_en
         remove_unused_columns=False,
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
-        use_cpu=not on_gpu,
+        # DeepSpeed on CPU processes (its CPU accelerator, gloo): accelerate enables it only without use_cpu
+        use_cpu=not on_gpu and not deepspeed,
+        ddp_backend="gloo" if deepspeed and not on_gpu else None,
         ddp_find_unused_parameters=False,
         **kwargs,
     )
@@ -122,6 +125,12 @@ class SwapTrainer(Trainer):
             # a later stage: the model was sharded by the first stage's Trainer, whose layer classes fully_shard
             # renamed (FSDPQwen3DecoderLayer); accelerate would look the wrap policy's classes up by name and fail
             plugin.auto_wrap_policy = None
+
+    def release(self) -> None:
+        """Detach what this stage's wrapper hooked onto the shared model: the next stage builds a new Trainer on it,
+        and a DeepSpeed engine left in place would keep reducing (and partitioning) its gradients."""
+        if self.is_deepspeed_enabled:
+            self.model_wrapped.destroy()
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         keys = inputs.pop("feature_keys", None)

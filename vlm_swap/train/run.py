@@ -188,6 +188,7 @@ def train(
                         _write_model_extras(tmp, processor, model_path, trained_by=str(run))
                     write_json(tmp / "log_history.json", trainer.state.log_history)
             trainer.accelerator.wait_for_everyone()
+            trainer.release()
             summary["stages"].append(
                 {
                     "name": stage.name,
