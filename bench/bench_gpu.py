@@ -11,11 +11,11 @@ stage 1 the connector, stage 2 the connector + LoRA r=32 on the LLM, gradient ch
 recipe says), bf16 autocast, AdamW, on random tokens of ``--text-tokens`` text tokens per sample.
 Inference is ``generate`` of ``--gen-tokens`` tokens for a batch of prompts with one image each.
 
-MFU = model FLOPs per step / step time / the card's dense bf16 peak. Model FLOPs count, per component,
-tokens x parameters x 6 for trained parameters, x 4 for frozen parameters that gradients cross (the LLM,
-the frozen part of the connector) and x 2 for frozen parts upstream of all training (the encoder);
-embedding lookups are not counted, the LM head is; attention-score FLOPs and checkpointing recompute are
-not counted (so the figure is conservative).
+MFU = model FLOPs per step / step time / the card's dense bf16 peak. Model FLOPs are counted by the library's
+``vlm_swap.train.flops.FlopCounter`` (the same counter ``vlm-swap train`` logs MFU with): for the rows each
+Linear / convolution layer processed, 2 x weights for the forward, + 2 when its weight trains, + 2 when a
+gradient crosses it (6N trained, 4N frozen under training, 2N frozen upstream); embedding lookups,
+attention scores and checkpointing recompute are not counted (so the figure is conservative).
 
     python bench/bench_gpu.py            # on a GPU: records the figures in bench/results.json
     python bench/bench_gpu.py --tiny     # the same code on CPU with tiny shapes, in seconds; records nothing
@@ -30,17 +30,15 @@ from pathlib import Path
 
 import torch
 import transformers as tf
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import record  # noqa: E402
 
 from vlm_swap.modeling import SwapVLMConfig, SwapVLMForConditionalGeneration  # noqa: E402
-from vlm_swap.train.plan import MODULE_OF, apply_stage, run_plan, wrap  # noqa: E402
+from vlm_swap.train.flops import FlopCounter, peak_flops  # noqa: E402
+from vlm_swap.train.plan import apply_stage, run_plan, wrap  # noqa: E402
 from vlm_swap.train.recipe import load_recipe  # noqa: E402
 
-#: dense bf16 peak FLOP/s by card name
-PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 NOT_MEASURED = "not measured (no GPU lent)"
 NAN = float("nan")
 GOALS = {"gpu_dpa_stage2_mfu": ">= 0.35", "gpu_dpa_train_cost_vs_vit": "<= 1.14", "gpu_dpa_inference_vs_vit": ">= 0.94"}
@@ -135,54 +133,19 @@ def batch(kind: str, shapes: dict, n: int, text_tokens: int, device) -> dict[str
     return {k: v.to(device) for k, v in out.items()}
 
 
-def step_flops(
-    model: nn.Module, kind: str, shapes: dict, inputs: dict[str, torch.Tensor], forward: bool = False
-) -> float:
-    """Model FLOPs of one training step (6N trained, 4N frozen that gradients cross, 2N frozen upstream);
-    with ``forward``, of the forward pass alone (2N everywhere)."""
-    n, length = inputs["input_ids"].shape
-    features = torch.tensor(model.config.feature_token_ids, device=inputs["input_ids"].device)
-    rows = int(torch.isin(inputs["input_ids"][0], features).sum())  # image rows per sample
-    if kind == "dpa":
-        side = shapes["image_px"] // shapes["perceiver_vision"]["patch_size"]
-        enc_tokens = {
-            "visual": n * side * side,
-            "merger": n * side * side // 4,
-            "language_model": n * (shapes["prefix"] + rows),
-        }
-    else:
-        enc_tokens = {"": n * (shapes["siglip"]["image_size"] // shapes["siglip"]["patch_size"]) ** 2}
-    total = 0.0
-    for comp, attr in MODULE_OF.items():
-        module = next(m for name, m in model.named_modules() if name.removeprefix("base_model.model.") == attr)
-        lookups = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
-        for name, p in module.named_parameters():
-            if id(p) in lookups or ".original_module." in f".{name}":  # peft keeps an unused original
-                continue
-            if comp == "encoder":
-                factor = 6 if p.requires_grad else 2
-                part = next(k for k in ("merger", "visual", "language_model", "") if k in name)
-                tokens = enc_tokens[part]
-            else:
-                factor = 6 if p.requires_grad else 4
-                tokens = n * (rows if comp == "connector" else length)
-            total += (2 if forward else factor) * p.numel() * tokens
-        if comp == "llm":  # the tied LM head is a matmul over every position
-            total += (2 if forward else 4) * shapes["vocab"] * shapes["target"]["hidden_size"] * n * length
-    return total
-
-
 def check_flops(model, kind: str, shapes: dict) -> None:
-    """The parameter count of a forward pass against torch's FLOP counter (which adds attention scores)."""
+    """The library's FLOP counter on a forward pass against torch's (which adds attention scores)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     inputs = batch(kind, shapes, 2, 16, torch.device("cpu"))
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    counter = FlopCounter(model)
+    with torch.no_grad(), FlopCounterMode(display=False) as reference:
         model(**inputs)
-    counted, measured = step_flops(model, kind, shapes, inputs, forward=True), counter.get_total_flops()
-    print(f"{kind} forward FLOPs: counted from parameters {counted:.4g}, torch FLOP counter {measured:.4g}")
+    counted, measured = sum(counter.take().values()), reference.get_total_flops()
+    counter.remove()
+    print(f"{kind} forward FLOPs: counted from the layers that ran {counted:.4g}, torch FLOP counter {measured:.4g}")
     if not 0.7 * measured <= counted <= measured:
-        raise SystemExit(f"{kind}: the parameter FLOP count is off")
+        raise SystemExit(f"{kind}: the layer FLOP count is off")
 
 
 def sync(device) -> None:
@@ -242,14 +205,19 @@ def training(model, kind, shapes, opts, device, peak: float | None) -> dict[str,
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
+        counter = FlopCounter(model)
         try:
             seconds = timed(step, device, opts.steps, opts.warmup)
         except torch.OutOfMemoryError:  # recorded, so a smaller --align-batch / --instruct-batch can follow
             opt.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
             out[stage.name] = {"oom": True, "batch": n}
+            counter.remove()
             continue
-        flops = step_flops(model, kind, shapes, inputs)
+        counter.take()
+        step()  # one more, counted alone: the model FLOPs of one step (the shapes are fixed)
+        flops = sum(counter.take().values())
+        counter.remove()
         out[stage.name] = {
             "step_s": seconds,
             "tokens_per_s": inputs["input_ids"].numel() / seconds,
@@ -287,7 +255,7 @@ def main(argv=None) -> None:
     device = torch.device("cpu" if opts.tiny else "cuda")
     shapes = TINY if opts.tiny else FULL
     card = "" if opts.tiny else torch.cuda.get_device_name(0)
-    peak = next((v for k, v in PEAK_BF16.items() if k in card), None) if card else 1e12  # tiny: a nominal 1 TFLOP/s
+    peak = peak_flops(card) if card else 1e12  # tiny: a nominal 1 TFLOP/s
     results = {}
     for kind in ("dpa", "vit"):
         torch.manual_seed(0)

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ from .features import FeatureCache
 from .lockstep import DummyImage
 from .plan import component_of
 from .recipe import COMPONENTS, Stage
+from .telemetry import Throughput
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 SCHEDULER_NAMES = {"cosine": "cosine", "wsd": "warmup_stable_decay", "linear": "linear", "constant": "constant"}
@@ -115,6 +117,8 @@ class SwapTrainer(Trainer):
         self.feature_cache = feature_cache
         self.dummy_image = dummy_image
         super().__init__(*args, **kwargs)
+        self.throughput = Throughput(self.model, self.args.world_size)
+        self._measuring = False
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
@@ -129,8 +133,24 @@ class SwapTrainer(Trainer):
     def release(self) -> None:
         """Detach what this stage's wrapper hooked onto the shared model: the next stage builds a new Trainer on it,
         and a DeepSpeed engine left in place would keep reducing (and partitioning) its gradients."""
+        self.throughput.close()
         if self.is_deepspeed_enabled:
             self.model_wrapped.destroy()
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The Trainer's fetch of one optimizer step's micro-batches, timed (the data-wait fraction)."""
+        if not self._measuring:  # the first fetch: after the model is wrapped and a checkpoint restored
+            self.throughput.begin(self.state.num_input_tokens_seen)
+            self._measuring = True
+        start = time.perf_counter()
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self.throughput.fetched(time.perf_counter() - start, batches)
+        return batches, num_items
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs and self._measuring:  # a training interval: add its throughput to every logger
+            logs = {**logs, **self.throughput.figures(self.state.num_input_tokens_seen)}
+        super().log(logs, *args, **kwargs)
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         keys = inputs.pop("feature_keys", None)
@@ -263,35 +283,27 @@ def _has_optimizer_state(checkpoint: Path) -> bool:
 
 
 class RichProgress(TrainerCallback):
-    """A rich progress line per stage: step, loss, lr, tokens/s, ETA."""
+    """A rich progress line per stage: step, loss, lr and the throughput of the last logging interval."""
+
+    SHOWN = (("samples_per_second", "{:,.1f} samples/s"), ("tokens_per_second", "{:,.0f} tok/s"),
+             ("data_wait", "data wait {:.0%}"), ("peak_mem_gib", "peak {:.1f} GiB"),
+             ("peak_rss_gib", "peak RSS {:.1f} GiB"), ("mfu", "MFU {:.1%}"))  # fmt: skip
 
     def __init__(self, progress, stage_label: str):
         self.progress = progress
         self.label = stage_label
         self.task = None
-        self.loss = float("nan")
-        self.lr = 0.0
-        self._t0 = None
-        self._tokens0 = 0
-        self._step0 = 0
+        self.info = ""
 
     def on_train_begin(self, args, state, control, **kwargs):
-        import time
-
-        self._t0 = time.perf_counter()
-        self._tokens0 = state.num_input_tokens_seen
-        self._step0 = state.global_step
         self.task = self.progress.add_task(self.label, total=state.max_steps, completed=state.global_step, info="")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
-        self.loss = logs.get("loss", self.loss)
-        self.lr = logs.get("learning_rate", self.lr)
+        if "loss" in logs:
+            shown = [f"loss {logs['loss']:.4f}", f"lr {logs.get('learning_rate', 0.0):.2e}"]
+            shown += [fmt.format(logs[key]) for key, fmt in self.SHOWN if key in logs]
+            self.info = "  ".join(shown)
 
     def on_step_end(self, args, state, control, **kwargs):
-        import time
-
-        elapsed = max(time.perf_counter() - self._t0, 1e-9)
-        tok_s = (state.num_input_tokens_seen - self._tokens0) / elapsed
-        info = f"loss {self.loss:.4f}  lr {self.lr:.2e}  {tok_s:,.0f} tok/s"
-        self.progress.update(self.task, completed=state.global_step, info=info)
+        self.progress.update(self.task, completed=state.global_step, info=self.info)

@@ -58,7 +58,7 @@ def component_dtypes(model: nn.Module) -> dict[str, str]:
     held: dict[str, dict[bool, set[str]]] = {c: {True: set(), False: set()} for c in COMPONENTS}
     for name, param in model.named_parameters():
         comp = component_of(name)
-        if comp is not None and param.is_floating_point():
+        if comp is not None and param.is_floating_point() and ".original_module." not in name:  # peft's idle copy
             held[comp][param.requires_grad].add(str(param.dtype).removeprefix("torch."))
     out = {}
     for comp, by_grad in held.items():

@@ -44,6 +44,7 @@ from .features import FeatureCache
 from .lockstep import DummyImage
 from .plan import apply_stage, run_plan, wrap
 from .recipe import Recipe, load_recipe, recipe_to_dict
+from .telemetry import facts_line, stage_facts
 
 RECIPE_NAME = "recipe.yaml"
 
@@ -165,6 +166,9 @@ def train(
                 callbacks=[RichProgress(bar, label), *callbacks],
             )
             trainer.remove_callback(PrinterCallback)
+            facts = stage_facts(stage, trainer.args.world_size, counts, model, getattr(dataset, "lengths", None))
+            if console is not None and _rank() == 0:
+                console.print(f"{label}: {facts_line(facts)}")
             checkpoint = newest_checkpoint(stage_dir) if resume else None
             try:
                 result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -196,6 +200,7 @@ def train(
                     "steps": trainer.state.global_step,
                     "train_loss": result.training_loss,
                     "resumed_from": str(checkpoint or ""),
+                    "facts": facts,
                     **({"feature_cache": cache.stats()} if cached else {}),
                 }
             )
