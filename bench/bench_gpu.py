@@ -17,8 +17,15 @@ Linear / convolution layer processed, 2 x weights for the forward, + 2 when its 
 gradient crosses it (6N trained, 4N frozen under training, 2N frozen upstream); embedding lookups,
 attention scores and checkpointing recompute are not counted (so the figure is conservative).
 
+Then the real command: ``bench/gpu_cli.py`` writes the DPA model to disk at the same shapes (random weights, a
+real tokenizer and processor) with a data file of images of the same side and answers of about the same text
+tokens, runs ``vlm-swap train dpa-align-short`` on it at the same micro-batches (``--gpus N``: torchrun on N
+GPUs) and compares its logged samples/s per GPU with the plan loop's (``gpu_train_cli_vs_plan``, stage 2;
+the data loading, collation, feature rows and Trainer around the same model are what differs).
+
     python bench/bench_gpu.py            # on a GPU: records the figures in bench/results.json
-    python bench/bench_gpu.py --tiny     # the same code on CPU with tiny shapes, in seconds; records nothing
+    python bench/bench_gpu.py --gpus 8   # the vlm-swap train run on 8 GPUs (torchrun)
+    python bench/bench_gpu.py --tiny     # the same code on CPU with tiny shapes, in a minute; records nothing
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import torch
 import transformers as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_cli  # noqa: E402
 from common import record  # noqa: E402
 
 from vlm_swap.modeling import SwapVLMConfig, SwapVLMForConditionalGeneration  # noqa: E402
@@ -41,7 +49,8 @@ from vlm_swap.train.recipe import load_recipe  # noqa: E402
 
 NOT_MEASURED = "not measured (no GPU lent)"
 NAN = float("nan")
-GOALS = {"gpu_dpa_stage2_mfu": ">= 0.35", "gpu_dpa_train_cost_vs_vit": "<= 1.14", "gpu_dpa_inference_vs_vit": ">= 0.94"}
+GOALS = {"gpu_dpa_stage2_mfu": ">= 0.35", "gpu_dpa_train_cost_vs_vit": "<= 1.14", "gpu_dpa_inference_vs_vit": ">= 0.94",
+         "gpu_train_cli_vs_plan": ">= 0.95"}  # fmt: skip
 
 FULL = {
     "vocab": 151936,
@@ -242,12 +251,17 @@ def main(argv=None) -> None:
     parser.add_argument("--gen-tokens", type=int, default=128, help="tokens generated per prompt")
     parser.add_argument("--gen-batch", type=int, default=16, help="prompts per generate call")
     parser.add_argument("--repeat", type=int, default=3, help="timed generate calls")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs for the vlm-swap train run (torchrun when > 1)")
+    parser.add_argument("--cli-rows", type=int, default=64, help="rows of the data file the vlm-swap train run reads")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bench-gpu"), help="where the on-disk model is built")
+    parser.add_argument("--no-cli", dest="cli", action="store_false", help="skip the vlm-swap train run")
     opts = parser.parse_args(argv)
     opts.batch = {k: v for k, v in (("align", opts.align_batch), ("instruct", opts.instruct_batch)) if v}
     if opts.tiny:
         opts.batch = {"align": opts.align_batch or 2, "instruct": opts.instruct_batch or 2}
         opts.text_tokens, opts.steps, opts.warmup = 16, 1, 1
         opts.prompt_tokens, opts.gen_tokens, opts.gen_batch, opts.repeat = 8, 4, 2, 1
+        opts.gpus, opts.cli_rows = 1, 8
     elif not torch.cuda.is_available():
         for name, goal in GOALS.items():
             record(name, None, goal=goal, note=NOT_MEASURED)
@@ -278,6 +292,15 @@ def main(argv=None) -> None:
     cost = {s: dpa["train"][s].get("step_s", NAN) / vit["train"][s].get("step_s", NAN) for s in dpa["train"]}
     infer = dpa["inference_tokens_per_s"] / vit["inference_tokens_per_s"]
     print(f"training cost dpa/vit per step: {cost}; inference throughput dpa/vit: {infer:.3f}")
+    vs_plan, cli = {}, {}
+    if opts.cli:  # the same model and micro-batches through the real command, from files on disk
+        root = opts.work / ("tiny" if opts.tiny else "full")
+        model_dir = gpu_cli.model_dir(shapes, root, device)
+        data = gpu_cli.data_file(root, opts.cli_rows, shapes["image_px"], opts.text_tokens)
+        batch = {s.name: opts.batch.get(s.name, s.batch_size) for s in load_recipe("dpa-align-short").stages}
+        cli = gpu_cli.train_figures(model_dir, data, root, batch, opts.steps, opts.gpus)
+        vs_plan = {s: cli[s]["samples_per_s"] / dpa["train"][s].get("samples_per_s", NAN) for s in cli}
+        print(f"vlm-swap train on {opts.gpus} GPU(s): {cli}; samples/s per GPU vs the plan loop: {vs_plan}")
     if opts.tiny:
         return
     extra = {"device": card, "results": results}
@@ -286,6 +309,9 @@ def main(argv=None) -> None:
     record("gpu_dpa_train_cost_vs_vit", round(cost["instruct"], 3), goal=GOALS["gpu_dpa_train_cost_vs_vit"],
            stage1=round(cost["align"], 3), device=card)  # fmt: skip
     record("gpu_dpa_inference_vs_vit", round(infer, 3), goal=GOALS["gpu_dpa_inference_vs_vit"], device=card)
+    if vs_plan:
+        record("gpu_train_cli_vs_plan", round(vs_plan["instruct"], 3), goal=GOALS["gpu_train_cli_vs_plan"],
+               stage1=round(vs_plan["align"], 3), cli=cli, gpus=opts.gpus, device=card)  # fmt: skip
 
 
 if __name__ == "__main__":
