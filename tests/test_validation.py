@@ -155,13 +155,15 @@ def test_source_without_tokenizer(tmp_path, llava, vit):
 
 
 def test_dataset_images_that_do_not_decode_or_are_too_big(tmp_path, upgraded):
-    (tmp_path / "text.png").write_text("not an image")
-    (tmp_path / "huge.png").write_bytes(png_header(9000, 9000))
+    images = tmp_path / "images"  # beside the run directory: an output inside an input is refused
+    images.mkdir()
+    (images / "text.png").write_text("not an image")
+    (images / "huge.png").write_bytes(png_header(9000, 9000))
     turns = [{"from": "human", "value": "<image>\nwhat?"}, {"from": "gpt", "value": "red"}]
     rows = [{"image": name, "conversations": turns} for name in ("text.png", "huge.png")]
-    data = tmp_path / "d.jsonl"
+    data = images / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run_dir = tmp_path / "run"
-    result = run("train", "tiny-cpu", "--model", upgraded, "--data", data, "--images", tmp_path, "--out", run_dir)
+    result = run("train", "tiny-cpu", "--model", upgraded, "--data", data, "--images", images, "--out", run_dir)
     assert_clean_failure(result, "line 1: not a readable image", "line 2: image", "pixel budget")
     assert not run_dir.exists()
