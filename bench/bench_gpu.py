@@ -11,14 +11,21 @@ stage 1 the connector, stage 2 the connector + LoRA r=32 on the LLM, gradient ch
 recipe says), bf16 autocast, AdamW, on random tokens of ``--text-tokens`` text tokens per sample.
 Inference is ``generate`` of ``--gen-tokens`` tokens for a batch of prompts with one image each.
 
-MFU = model FLOPs per step / step time / the card's dense bf16 peak. Model FLOPs count, per component,
-tokens x parameters x 6 for trained parameters, x 4 for frozen parameters that gradients cross (the LLM,
-the frozen part of the connector) and x 2 for frozen parts upstream of all training (the encoder);
-embedding lookups are not counted, the LM head is; attention-score FLOPs and checkpointing recompute are
-not counted (so the figure is conservative).
+MFU = model FLOPs per step / step time / the card's dense bf16 peak. Model FLOPs are counted by the library's
+``vlm_swap.train.flops.FlopCounter`` (the same counter ``vlm-swap train`` logs MFU with): for the rows each
+Linear / convolution layer processed, 2 x weights for the forward, + 2 when its weight trains, + 2 when a
+gradient crosses it (6N trained, 4N frozen under training, 2N frozen upstream); embedding lookups,
+attention scores and checkpointing recompute are not counted (so the figure is conservative).
+
+Then the real command: ``bench/gpu_cli.py`` writes the DPA model to disk at the same shapes (random weights, a
+real tokenizer and processor) with a data file of images of the same side and answers of about the same text
+tokens, runs ``vlm-swap train dpa-align-short`` on it at the same micro-batches (``--gpus N``: torchrun on N
+GPUs) and compares its logged samples/s per GPU with the plan loop's (``gpu_train_cli_vs_plan``, stage 2;
+the data loading, collation, feature rows and Trainer around the same model are what differs).
 
     python bench/bench_gpu.py            # on a GPU: records the figures in bench/results.json
-    python bench/bench_gpu.py --tiny     # the same code on CPU with tiny shapes, in seconds; records nothing
+    python bench/bench_gpu.py --gpus 8   # the vlm-swap train run on 8 GPUs (torchrun)
+    python bench/bench_gpu.py --tiny     # the same code on CPU with tiny shapes, in a minute; records nothing
 """
 
 from __future__ import annotations
@@ -30,20 +37,20 @@ from pathlib import Path
 
 import torch
 import transformers as tf
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_cli  # noqa: E402
 from common import record  # noqa: E402
 
 from vlm_swap.modeling import SwapVLMConfig, SwapVLMForConditionalGeneration  # noqa: E402
-from vlm_swap.train.plan import MODULE_OF, apply_stage, run_plan, wrap  # noqa: E402
+from vlm_swap.train.flops import FlopCounter, peak_flops  # noqa: E402
+from vlm_swap.train.plan import apply_stage, run_plan, wrap  # noqa: E402
 from vlm_swap.train.recipe import load_recipe  # noqa: E402
 
-#: dense bf16 peak FLOP/s by card name
-PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 NOT_MEASURED = "not measured (no GPU lent)"
 NAN = float("nan")
-GOALS = {"gpu_dpa_stage2_mfu": ">= 0.35", "gpu_dpa_train_cost_vs_vit": "<= 1.14", "gpu_dpa_inference_vs_vit": ">= 0.94"}
+GOALS = {"gpu_dpa_stage2_mfu": ">= 0.35", "gpu_dpa_train_cost_vs_vit": "<= 1.14", "gpu_dpa_inference_vs_vit": ">= 0.94",
+         "gpu_train_cli_vs_plan": ">= 0.95"}  # fmt: skip
 
 FULL = {
     "vocab": 151936,
@@ -135,54 +142,19 @@ def batch(kind: str, shapes: dict, n: int, text_tokens: int, device) -> dict[str
     return {k: v.to(device) for k, v in out.items()}
 
 
-def step_flops(
-    model: nn.Module, kind: str, shapes: dict, inputs: dict[str, torch.Tensor], forward: bool = False
-) -> float:
-    """Model FLOPs of one training step (6N trained, 4N frozen that gradients cross, 2N frozen upstream);
-    with ``forward``, of the forward pass alone (2N everywhere)."""
-    n, length = inputs["input_ids"].shape
-    features = torch.tensor(model.config.feature_token_ids, device=inputs["input_ids"].device)
-    rows = int(torch.isin(inputs["input_ids"][0], features).sum())  # image rows per sample
-    if kind == "dpa":
-        side = shapes["image_px"] // shapes["perceiver_vision"]["patch_size"]
-        enc_tokens = {
-            "visual": n * side * side,
-            "merger": n * side * side // 4,
-            "language_model": n * (shapes["prefix"] + rows),
-        }
-    else:
-        enc_tokens = {"": n * (shapes["siglip"]["image_size"] // shapes["siglip"]["patch_size"]) ** 2}
-    total = 0.0
-    for comp, attr in MODULE_OF.items():
-        module = next(m for name, m in model.named_modules() if name.removeprefix("base_model.model.") == attr)
-        lookups = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
-        for name, p in module.named_parameters():
-            if id(p) in lookups or ".original_module." in f".{name}":  # peft keeps an unused original
-                continue
-            if comp == "encoder":
-                factor = 6 if p.requires_grad else 2
-                part = next(k for k in ("merger", "visual", "language_model", "") if k in name)
-                tokens = enc_tokens[part]
-            else:
-                factor = 6 if p.requires_grad else 4
-                tokens = n * (rows if comp == "connector" else length)
-            total += (2 if forward else factor) * p.numel() * tokens
-        if comp == "llm":  # the tied LM head is a matmul over every position
-            total += (2 if forward else 4) * shapes["vocab"] * shapes["target"]["hidden_size"] * n * length
-    return total
-
-
 def check_flops(model, kind: str, shapes: dict) -> None:
-    """The parameter count of a forward pass against torch's FLOP counter (which adds attention scores)."""
+    """The library's FLOP counter on a forward pass against torch's (which adds attention scores)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     inputs = batch(kind, shapes, 2, 16, torch.device("cpu"))
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    counter = FlopCounter(model)
+    with torch.no_grad(), FlopCounterMode(display=False) as reference:
         model(**inputs)
-    counted, measured = step_flops(model, kind, shapes, inputs, forward=True), counter.get_total_flops()
-    print(f"{kind} forward FLOPs: counted from parameters {counted:.4g}, torch FLOP counter {measured:.4g}")
+    counted, measured = sum(counter.take().values()), reference.get_total_flops()
+    counter.remove()
+    print(f"{kind} forward FLOPs: counted from the layers that ran {counted:.4g}, torch FLOP counter {measured:.4g}")
     if not 0.7 * measured <= counted <= measured:
-        raise SystemExit(f"{kind}: the parameter FLOP count is off")
+        raise SystemExit(f"{kind}: the layer FLOP count is off")
 
 
 def sync(device) -> None:
@@ -242,14 +214,19 @@ def training(model, kind, shapes, opts, device, peak: float | None) -> dict[str,
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
+        counter = FlopCounter(model)
         try:
             seconds = timed(step, device, opts.steps, opts.warmup)
         except torch.OutOfMemoryError:  # recorded, so a smaller --align-batch / --instruct-batch can follow
             opt.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
             out[stage.name] = {"oom": True, "batch": n}
+            counter.remove()
             continue
-        flops = step_flops(model, kind, shapes, inputs)
+        counter.take()
+        step()  # one more, counted alone: the model FLOPs of one step (the shapes are fixed)
+        flops = sum(counter.take().values())
+        counter.remove()
         out[stage.name] = {
             "step_s": seconds,
             "tokens_per_s": inputs["input_ids"].numel() / seconds,
@@ -274,12 +251,17 @@ def main(argv=None) -> None:
     parser.add_argument("--gen-tokens", type=int, default=128, help="tokens generated per prompt")
     parser.add_argument("--gen-batch", type=int, default=16, help="prompts per generate call")
     parser.add_argument("--repeat", type=int, default=3, help="timed generate calls")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs for the vlm-swap train run (torchrun when > 1)")
+    parser.add_argument("--cli-rows", type=int, default=64, help="rows of the data file the vlm-swap train run reads")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bench-gpu"), help="where the on-disk model is built")
+    parser.add_argument("--no-cli", dest="cli", action="store_false", help="skip the vlm-swap train run")
     opts = parser.parse_args(argv)
     opts.batch = {k: v for k, v in (("align", opts.align_batch), ("instruct", opts.instruct_batch)) if v}
     if opts.tiny:
         opts.batch = {"align": opts.align_batch or 2, "instruct": opts.instruct_batch or 2}
         opts.text_tokens, opts.steps, opts.warmup = 16, 1, 1
         opts.prompt_tokens, opts.gen_tokens, opts.gen_batch, opts.repeat = 8, 4, 2, 1
+        opts.gpus, opts.cli_rows = 1, 8
     elif not torch.cuda.is_available():
         for name, goal in GOALS.items():
             record(name, None, goal=goal, note=NOT_MEASURED)
@@ -287,7 +269,7 @@ def main(argv=None) -> None:
     device = torch.device("cpu" if opts.tiny else "cuda")
     shapes = TINY if opts.tiny else FULL
     card = "" if opts.tiny else torch.cuda.get_device_name(0)
-    peak = next((v for k, v in PEAK_BF16.items() if k in card), None) if card else 1e12  # tiny: a nominal 1 TFLOP/s
+    peak = peak_flops(card) if card else 1e12  # tiny: a nominal 1 TFLOP/s
     results = {}
     for kind in ("dpa", "vit"):
         torch.manual_seed(0)
@@ -310,6 +292,15 @@ def main(argv=None) -> None:
     cost = {s: dpa["train"][s].get("step_s", NAN) / vit["train"][s].get("step_s", NAN) for s in dpa["train"]}
     infer = dpa["inference_tokens_per_s"] / vit["inference_tokens_per_s"]
     print(f"training cost dpa/vit per step: {cost}; inference throughput dpa/vit: {infer:.3f}")
+    vs_plan, cli = {}, {}
+    if opts.cli:  # the same model and micro-batches through the real command, from files on disk
+        root = opts.work / ("tiny" if opts.tiny else "full")
+        model_dir = gpu_cli.model_dir(shapes, root, device)
+        data = gpu_cli.data_file(root, opts.cli_rows, shapes["image_px"], opts.text_tokens)
+        batch = {s.name: opts.batch.get(s.name, s.batch_size) for s in load_recipe("dpa-align-short").stages}
+        cli = gpu_cli.train_figures(model_dir, data, root, batch, opts.steps, opts.gpus)
+        vs_plan = {s: cli[s]["samples_per_s"] / dpa["train"][s].get("samples_per_s", NAN) for s in cli}
+        print(f"vlm-swap train on {opts.gpus} GPU(s): {cli}; samples/s per GPU vs the plan loop: {vs_plan}")
     if opts.tiny:
         return
     extra = {"device": card, "results": results}
@@ -318,6 +309,9 @@ def main(argv=None) -> None:
     record("gpu_dpa_train_cost_vs_vit", round(cost["instruct"], 3), goal=GOALS["gpu_dpa_train_cost_vs_vit"],
            stage1=round(cost["align"], 3), device=card)  # fmt: skip
     record("gpu_dpa_inference_vs_vit", round(infer, 3), goal=GOALS["gpu_dpa_inference_vs_vit"], device=card)
+    if vs_plan:
+        record("gpu_train_cli_vs_plan", round(vs_plan["instruct"], 3), goal=GOALS["gpu_train_cli_vs_plan"],
+               stage1=round(vs_plan["align"], 3), cli=cli, gpus=opts.gpus, device=card)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -31,24 +31,45 @@ QUESTION = "What shapes are in the picture, and what colour is each of them?"
 VOCAB = 151_936
 
 
+def qwen_token_ids(tok) -> dict[str, int]:
+    """The Qwen-VL special-token ids of a tokenizer, as a Qwen3-VL config names them."""
+    names = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
+             "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}  # fmt: skip
+    return {key: tok.convert_tokens_to_ids(token) for key, token in names.items()}
+
+
+def qwen3_vl_processor(tok, max_pixels: int):
+    """A real Qwen3-VL processor (patch 16, 2x2 merge) around ``tok``, capped at ``max_pixels`` per image."""
+    import transformers as tf
+
+    from vlm_swap.zoo.models import CLIP_MEAN, CLIP_STD
+    from vlm_swap.zoo.tokenizers import QWEN_TEMPLATE
+
+    image_proc = tf.Qwen2VLImageProcessor(
+        patch_size=16,
+        merge_size=2,
+        temporal_patch_size=2,
+        size={"shortest_edge": 32 * 32, "longest_edge": max_pixels},
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+    )
+    video_proc = tf.Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2)
+    return tf.Qwen3VLProcessor(
+        image_processor=image_proc, tokenizer=tok, video_processor=video_proc, chat_template=QWEN_TEMPLATE
+    )
+
+
 def build_perceiver(out: Path, max_pixels: int) -> Path:
     """A random-initialised Qwen3-VL small VLM and its processor (reused when present)."""
     import torch
     import transformers as tf
 
-    from vlm_swap.zoo.models import CLIP_MEAN, CLIP_STD
-    from vlm_swap.zoo.tokenizers import QWEN_TEMPLATE, make_tokenizer
+    from vlm_swap.zoo.tokenizers import make_tokenizer
 
     if (out / "model.safetensors").is_file():
         return out
     torch.manual_seed(0)
     tok = make_tokenizer("qwen")
-    ids = {
-        "image_token_id": tok.convert_tokens_to_ids("<|image_pad|>"),
-        "video_token_id": tok.convert_tokens_to_ids("<|video_pad|>"),
-        "vision_start_token_id": tok.convert_tokens_to_ids("<|vision_start|>"),
-        "vision_end_token_id": tok.convert_tokens_to_ids("<|vision_end|>"),
-    }
     text = dict(
         vocab_size=VOCAB,
         hidden_size=512,
@@ -75,23 +96,11 @@ def build_perceiver(out: Path, max_pixels: int) -> Path:
         num_position_embeddings=256,
         deepstack_visual_indexes=[1, 2],
     )
-    config = tf.Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **ids)
+    config = tf.Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **qwen_token_ids(tok))
     model = tf.Qwen3VLForConditionalGeneration(config).eval()
-    image_proc = tf.Qwen2VLImageProcessor(
-        patch_size=16,
-        merge_size=2,
-        temporal_patch_size=2,
-        size={"shortest_edge": 32 * 32, "longest_edge": max_pixels},
-        image_mean=CLIP_MEAN,
-        image_std=CLIP_STD,
-    )
-    video_proc = tf.Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2)
-    processor = tf.Qwen3VLProcessor(
-        image_processor=image_proc, tokenizer=tok, video_processor=video_proc, chat_template=QWEN_TEMPLATE
-    )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    processor.save_pretrained(out)
+    qwen3_vl_processor(tok, max_pixels).save_pretrained(out)
     return out
 
 

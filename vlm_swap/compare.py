@@ -131,7 +131,7 @@ def plan(
 
 
 def _check_inputs(exp: Experiment) -> None:
-    from .train.data import DataError, RowError, parse_row, read_rows
+    from .data.formats import DataError, RowError, parse_row, read_rows
 
     for flag, path in (("--data", exp.data), ("--eval-data", exp.eval_data), ("--text-data", exp.text_data)):
         if path is not None and not Path(path).is_file():

@@ -6,12 +6,14 @@ context, placeholder tokens (present, or added with new embedding rows), pad != 
 text family (same family is expected to align more deeply, DPA's premise; it is reported, not
 enforced, since only hidden states cross over).
 
-The end of the file holds the wrappers of dependencies' internal APIs (transformers' loading rules,
-used to stream an encoder's weights as ``from_pretrained`` would load them), each with a test.
+The end of the file holds every use of a private API of a dependency, each behind one wrapper with a
+test (transformers' loading rules, used to stream an encoder's weights as ``from_pretrained`` would
+load them; accelerate's FSDP state on CPU).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 from .catalog import CatalogEntry
@@ -154,3 +156,23 @@ def hf_checkpoint_keys(model, keys) -> dict[str, str] | None:
             return None
         found[target] = key
     return found
+
+
+def keep_fsdp_on_cpu(accelerator) -> bool:
+    """Run an ``accelerate launch`` FSDP config as FSDP on CPU processes (gloo) too; True when it does.
+
+    accelerate's ``AcceleratorState`` enables FSDP only on accelerator devices: on CPU it silently runs
+    the config as DDP. FSDP2 (``fully_shard``) itself runs on CPU over gloo, so the state's distributed
+    type is switched back to FSDP, with the plugin read from the launcher's ``FSDP_*`` variables. Every
+    ``Accelerator`` re-reads the process state when it is built, so this runs after each one.
+    """
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return False
+    state = accelerator.state
+    if state.distributed_type == DistributedType.MULTI_CPU:
+        state.distributed_type = DistributedType.FSDP
+        if getattr(state, "fsdp_plugin", None) is None:
+            state.fsdp_plugin = FullyShardedDataParallelPlugin()
+    return state.distributed_type == DistributedType.FSDP

@@ -14,6 +14,14 @@ from torch import nn
 from .registry import Registry
 
 
+class Connector(nn.Sequential):
+    """The layers of a connector; it computes in its own weights' dtype (float32 while it trains, whatever
+    dtype the encoder rows ``[R, d_in]`` arrive in)."""
+
+    def forward(self, x):
+        return super().forward(x.to(self[0].weight.dtype))
+
+
 @dataclass(frozen=True)
 class ConnectorKind:
     """How to build one connector kind, with a line for listings."""
@@ -24,10 +32,10 @@ class ConnectorKind:
 
     def build(self, d_in: int, d_out: int) -> nn.Module:
         if self.hidden == "none":
-            return nn.Sequential(nn.Linear(d_in, d_out))
+            return Connector(nn.Linear(d_in, d_out))
         width = d_in if self.hidden == "in" else d_out
         act = nn.ReLU() if self.id.endswith("relu") else nn.GELU()
-        return nn.Sequential(nn.Linear(d_in, width), act, nn.Linear(width, d_out))
+        return Connector(nn.Linear(d_in, width), act, nn.Linear(width, d_out))
 
     def num_params(self, d_in: int, d_out: int) -> int:
         if self.hidden == "none":

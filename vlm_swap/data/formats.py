@@ -72,6 +72,24 @@ def iter_text_rows(path: Path, kind: str) -> Iterator[dict[str, Any]]:
     yield from _json_array(path)
 
 
+def loads_row(text: str) -> Any:
+    """A row's JSON text -> the row, or a ``RowError`` naming what is wrong with the JSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        return RowError(f"bad JSON ({exc.msg})")
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, row or ``RowError``) of a JSON array or JSONL file, streamed: for checks of small files
+    (evaluation rows before a long run); training data goes through the cached index."""
+    kind = source_kind(path)
+    if kind not in ("json", "jsonl"):
+        raise DataError(f"{path}: a {kind} table, not a JSON or JSONL file")
+    for item in iter_text_rows(path, kind):
+        yield item["line"], loads_row(item["row"])
+
+
 def _json_array(path: Path) -> Iterator[dict[str, Any]]:
     """Elements of a JSON array, decoded one at a time from a bounded buffer (a 1M-row file is never
     held whole); each element is yielded as its own text, to be parsed again where it is validated."""

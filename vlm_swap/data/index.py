@@ -36,7 +36,7 @@ from typing import Any
 from ..errors import VlmSwapError
 from ..images import image_header
 from .encoding import Encoder, ImageRows
-from .formats import DataError, RowError, iter_text_rows, parse_row, source_kind
+from .formats import DataError, RowError, iter_text_rows, loads_row, parse_row, source_kind
 
 INDEX_VERSION = 1
 BATCH = 256  # rows per map batch (one batched tokenizer call)
@@ -83,13 +83,7 @@ class _Context:
 
 def _batch_rows(batch: dict[str, list], indices: list[int], ctx: _Context) -> list[tuple[int, Any]]:
     if ctx.raw:
-        out = []
-        for line, text in zip(batch["line"], batch["row"], strict=True):
-            try:
-                out.append((line, json.loads(text)))
-            except json.JSONDecodeError as exc:
-                out.append((line, RowError(f"bad JSON ({exc.msg})")))
-        return out
+        return [(line, loads_row(text)) for line, text in zip(batch["line"], batch["row"], strict=True)]
     names = list(batch)
     return [(i + 1, {k: batch[k][j] for k in names}) for j, i in enumerate(indices)]
 

@@ -61,7 +61,7 @@ class SwapVLMForConditionalGeneration(SwapVLMPreTrainedModel, GenerationMixin):
     def get_image_features(self, image_features: torch.Tensor | None = None, **image_inputs) -> torch.Tensor:
         """Encoder rows (computed here, or given as ``image_features`` ``[R, D_enc]``) through the connector."""
         feats = self.encoder(**image_inputs) if image_features is None else image_features  # [R, D_enc]
-        return self.connector(feats.to(next(self.connector.parameters()).dtype))  # [R, D_llm]
+        return self.connector(feats)  # [R, D_llm], in the connector's dtype
 
     def placeholder_mask(self, input_ids: torch.Tensor, n_rows: int) -> torch.Tensor:
         ids = torch.tensor(self.config.feature_token_ids, device=input_ids.device)

@@ -12,17 +12,23 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from ..compat import keep_fsdp_on_cpu
 from ..data import EpochSampler
 from ..errors import VlmSwapError
+from .distributed import agree, local
 from .features import FeatureCache
+from .lockstep import DummyImage
 from .plan import component_of
 from .recipe import COMPONENTS, Stage
+from .telemetry import Throughput
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 SCHEDULER_NAMES = {"cosine": "cosine", "wsd": "warmup_stable_decay", "linear": "linear", "constant": "constant"}
@@ -32,6 +38,7 @@ def training_arguments(
     stage: Stage, stage_dir: Path, *, report_to: str, eval_enabled: bool, workers: int = 0
 ) -> TrainingArguments:
     on_gpu = torch.cuda.is_available()
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"  # set by accelerate launch
     kwargs = {}
     if stage.scheduler == "wsd":
         steps = stage.steps or 0
@@ -71,7 +78,9 @@ def training_arguments(
         dataloader_prefetch_factor=4 if workers > 0 else None,
         dataloader_pin_memory=on_gpu,
         include_num_input_tokens_seen="non_padding",
-        use_cpu=not on_gpu,
+        # DeepSpeed on CPU processes (its CPU accelerator, gloo): accelerate enables it only without use_cpu
+        use_cpu=not on_gpu and not deepspeed,
+        ddp_backend="gloo" if deepspeed and not on_gpu else None,
         ddp_find_unused_parameters=False,
         **kwargs,
     )
@@ -81,9 +90,16 @@ class NonFiniteError(VlmSwapError):
     """Training met more non-finite losses/gradients than the stage allows, or a non-finite state to save."""
 
 
+def all_finite(tensors: list[torch.Tensor], device: torch.device) -> bool:
+    """Every element of every tensor finite, on every rank (each checks its own shards, then all agree)."""
+    parts = [t for t in map(local, tensors) if t.numel()]
+    finite = not parts or bool(torch.stack(torch._foreach_norm(parts)).isfinite().all())
+    return agree(finite, parts[0].device if parts else device)
+
+
 def trainable_finite(model: torch.nn.Module) -> bool:
     params = [p.detach() for p in model.parameters() if p.requires_grad]
-    return not params or bool(torch.stack(torch._foreach_norm(params)).isfinite().all())
+    return all_finite(params, next(model.parameters()).device)
 
 
 class SwapTrainer(Trainer):
@@ -93,16 +109,60 @@ class SwapTrainer(Trainer):
     saved. Optionally it reuses a frozen encoder's features (``feature_cache``) and batches samples
     of similar length (``stage.group_by_length``); samples come in the order of ``data.EpochSampler``."""
 
-    def __init__(self, *args, stage: Stage, feature_cache: FeatureCache | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        stage: Stage,
+        feature_cache: FeatureCache | None = None,
+        dummy_image: DummyImage | None = None,
+        **kwargs,
+    ):
         self.stage = stage
         self.bad_steps = 0
         self.undecodable = 0  # samples that passed the index but failed to decode (skipped)
         self.feature_cache = feature_cache
+        self.dummy_image = dummy_image
         super().__init__(*args, **kwargs)
+        self.throughput = Throughput(self.model, self.args.world_size)
+        self._measuring = False
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if keep_fsdp_on_cpu(self.accelerator):  # accelerate alone would run an FSDP config as DDP on CPU
+            self.is_fsdp_enabled = True
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        if plugin is not None and isinstance(self.model, FSDPModule):
+            # a later stage: the model was sharded by the first stage's Trainer, whose layer classes fully_shard
+            # renamed (FSDPQwen3DecoderLayer); accelerate would look the wrap policy's classes up by name and fail
+            plugin.auto_wrap_policy = None
+
+    def release(self) -> None:
+        """Detach what this stage's wrapper hooked onto the shared model: the next stage builds a new Trainer on it,
+        and a DeepSpeed engine left in place would keep reducing (and partitioning) its gradients."""
+        self.throughput.close()
+        if self.is_deepspeed_enabled:
+            self.model_wrapped.destroy()
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The Trainer's fetch of one optimizer step's micro-batches, timed (the data-wait fraction)."""
+        if not self._measuring:  # the first fetch: after the model is wrapped and a checkpoint restored
+            self.throughput.begin(self.state.num_input_tokens_seen)
+            self._measuring = True
+        start = time.perf_counter()
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self.throughput.fetched(time.perf_counter() - start, batches)
+        return batches, num_items
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs and self._measuring:  # a training interval: add its throughput to every logger
+            logs = {**logs, **self.throughput.figures(self.state.num_input_tokens_seen)}
+        super().log(logs, *args, **kwargs)
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         self.undecodable += len(inputs.pop("skipped_lines", ()))
         keys = inputs.pop("feature_keys", None)
+        if self.dummy_image is not None and self.dummy_image.needed(inputs):  # every rank runs the encoder
+            inputs, keys = self.dummy_image.add(inputs, keys)
         if keys is None or self.feature_cache is None:
             return super().compute_loss(model, inputs, *args, **kwargs)
         return self.feature_cache.run(
@@ -123,7 +183,7 @@ class SwapTrainer(Trainer):
 
         def step(*args, **kwargs):
             grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-            if not grads or torch.stack(torch._foreach_norm(grads)).isfinite().all():
+            if all_finite(grads, self.args.device):  # sharded gradients: every rank must skip the same steps
                 return inner(*args, **kwargs)
             self.bad_steps += 1
             optimizer.zero_grad(set_to_none=True)
@@ -200,14 +260,16 @@ def newest_checkpoint(stage_dir: Path) -> Path | None:
     """The newest checkpoint of a stage that was written completely.
 
     The HF Trainer writes weights, optimizer, scheduler and RNG state first and
-    ``trainer_state.json`` last, so a checkpoint killed mid-write lacks a readable state file.
+    ``trainer_state.json`` last, so a checkpoint killed mid-write lacks a readable state file. The
+    optimizer state is ``optimizer.pt`` (one process, DDP), ``optimizer_0/`` or ``optimizer.bin``
+    (FSDP sharded / full state) or a DeepSpeed ``latest`` tag with its ``global_step*`` folder.
     """
     if not stage_dir.is_dir():
         return None
     found = []
     for p in stage_dir.iterdir():
         m = CHECKPOINT.match(p.name)
-        if not (m and p.is_dir() and (p / "optimizer.pt").is_file() and (p / "scheduler.pt").is_file()):
+        if not (m and p.is_dir() and _has_optimizer_state(p) and (p / "scheduler.pt").is_file()):
             continue
         if not any(p.glob("rng_state*.pth")):
             continue
@@ -219,36 +281,37 @@ def newest_checkpoint(stage_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def _has_optimizer_state(checkpoint: Path) -> bool:
+    if (checkpoint / "optimizer.pt").is_file() or (checkpoint / "optimizer.bin").is_file():
+        return True
+    if (checkpoint / "optimizer_0").is_dir():
+        return True
+    tag = checkpoint / "latest"
+    return tag.is_file() and (checkpoint / tag.read_text().strip()).is_dir()
+
+
 class RichProgress(TrainerCallback):
-    """A rich progress line per stage: step, loss, lr, tokens/s, ETA."""
+    """A rich progress line per stage: step, loss, lr and the throughput of the last logging interval."""
+
+    SHOWN = (("samples_per_second", "{:,.1f} samples/s"), ("tokens_per_second", "{:,.0f} tok/s"),
+             ("data_wait", "data wait {:.0%}"), ("peak_mem_gib", "peak {:.1f} GiB"),
+             ("peak_rss_gib", "peak RSS {:.1f} GiB"), ("mfu", "MFU {:.1%}"))  # fmt: skip
 
     def __init__(self, progress, stage_label: str):
         self.progress = progress
         self.label = stage_label
         self.task = None
-        self.loss = float("nan")
-        self.lr = 0.0
-        self._t0 = None
-        self._tokens0 = 0
-        self._step0 = 0
+        self.info = ""
 
     def on_train_begin(self, args, state, control, **kwargs):
-        import time
-
-        self._t0 = time.perf_counter()
-        self._tokens0 = state.num_input_tokens_seen
-        self._step0 = state.global_step
         self.task = self.progress.add_task(self.label, total=state.max_steps, completed=state.global_step, info="")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
-        self.loss = logs.get("loss", self.loss)
-        self.lr = logs.get("learning_rate", self.lr)
+        if "loss" in logs:
+            shown = [f"loss {logs['loss']:.4f}", f"lr {logs.get('learning_rate', 0.0):.2e}"]
+            shown += [fmt.format(logs[key]) for key, fmt in self.SHOWN if key in logs]
+            self.info = "  ".join(shown)
 
     def on_step_end(self, args, state, control, **kwargs):
-        import time
-
-        elapsed = max(time.perf_counter() - self._t0, 1e-9)
-        tok_s = (state.num_input_tokens_seen - self._tokens0) / elapsed
-        info = f"loss {self.loss:.4f}  lr {self.lr:.2e}  {tok_s:,.0f} tok/s"
-        self.progress.update(self.task, completed=state.global_step, info=info)
+        self.progress.update(self.task, completed=state.global_step, info=self.info)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..encoders import ENCODERS
+from .distributed import agree, gathered
 from .plan import MODULE_OF, component_of
 
 
@@ -57,7 +58,7 @@ def fingerprint(model: nn.Module) -> str:
     enc = encoder_module(model)
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{type(enc).__qualname__}|{sorted(getattr(enc, 'args', {}).items())!r}|".encode())
-    for name, tensor in [*enc.named_parameters(), *enc.named_buffers()]:
+    for name, tensor in gathered([*enc.named_parameters(), *enc.named_buffers()]):  # whole weights when sharded
         _update(h, name, tensor)
     return h.hexdigest()
 
@@ -98,12 +99,7 @@ class FeatureCache:
 
     def _all_cached(self, keys: list[tuple[str | None, int]], device: torch.device) -> bool:
         hit = all(k is None or k in self.entries for k, _ in keys) and any(k is not None for k, _ in keys)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            if torch.distributed.get_world_size() > 1:  # every rank takes the same path (sharded encoders)
-                flag = torch.tensor(int(hit), device=device)
-                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-                hit = bool(flag.item())
-        return hit
+        return agree(hit, device)  # every rank takes the same path (sharded encoders)
 
     def run(
         self, keys: list[tuple[str | None, int]], inputs: dict[str, Any], step: Callable[[dict[str, Any]], Any]

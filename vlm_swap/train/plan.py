@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import VlmSwapError
+from .distributed import numel
 from .recipe import COMPONENTS, LoraSpec, Recipe, Stage
 
 #: component -> attribute of SwapVLMForConditionalGeneration
@@ -113,7 +114,7 @@ def apply_stage(model: nn.Module, stage: Stage) -> dict[str, int]:
             train = False
         param.requires_grad_(train)
         if train:
-            counts[comp] += param.numel()
+            counts[comp] += numel(param)
     for comp in COMPONENTS:
         if stage.plan(comp).mode != "frozen" and counts[comp] == 0:
             raise VlmSwapError(f"stage {stage.name!r} trains {comp} but no parameter of it is trainable")

@@ -42,10 +42,14 @@ from ..io import (
     write_text,
 )
 from ..llms import LLMS
+from . import precision
+from .distributed import state_to_save
 from .engine import NonFiniteError, RichProgress, SwapTrainer, newest_checkpoint, trainable_finite, training_arguments
 from .features import FeatureCache
+from .lockstep import DummyImage
 from .plan import apply_stage, run_plan, wrap
 from .recipe import Recipe, load_recipe, recipe_to_dict
+from .telemetry import facts_line, stage_facts
 
 RECIPE_NAME = "recipe.yaml"
 
@@ -128,6 +132,7 @@ def train(
         console.print(f"data: {report.summary()}")
     plan = run_plan(spec)
     model = wrap(model, plan, seed=spec.stages[0].seed)
+    stored = precision.place(model, spec, on_gpu=torch.cuda.is_available())  # before any DDP/FSDP/ZeRO wrapper
     if _rank() == 0:
         run.mkdir(parents=True, exist_ok=True)
         write_text(run / RECIPE_NAME, yaml.safe_dump(recipe_to_dict(spec), sort_keys=False))
@@ -137,6 +142,9 @@ def train(
     )
     workers = spec.dataloader_workers if spec.dataloader_workers is not None else default_workers()
     cache = FeatureCache(spec.feature_cache_mb * 2**20)
+    # a batch without images still runs the encoder and connector: ranks stay in step, and a connector-only
+    # stage still has a graph to differentiate
+    dummy = DummyImage(processor, processor.tokenizer.pad_token_id, model.config.feature_token_ids)
     summary = {"model": str(model_path), "data": str(data), "data_report": report.__dict__, "stages": []}
 
     columns = [
@@ -173,9 +181,13 @@ def train(
                 data_collator=collator,
                 stage=stage,
                 feature_cache=cache if cached else None,
+                dummy_image=dummy,
                 callbacks=[RichProgress(bar, label), *callbacks],
             )
             trainer.remove_callback(PrinterCallback)
+            facts = stage_facts(stage, trainer.args.world_size, counts, model, getattr(dataset, "lengths", None))
+            if console is not None and _rank() == 0:
+                console.print(f"{label}: {facts_line(facts)}")
             checkpoint = newest_checkpoint(stage_dir) if resume else None
             try:
                 result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -189,14 +201,18 @@ def train(
                 raise NonFiniteError(
                     f"stage {stage.name!r} ended in a non-finite state; its final weights are not saved"
                 )
+            state = state_to_save(trainer.model, rank0=trainer.is_world_process_zero())  # a collective when sharded
             if trainer.is_world_process_zero():
                 with atomic_dir(final, force=True, ours=True) as tmp:
-                    trainer.model.save_pretrained(tmp)
+                    if not plan.uses_peft:
+                        state = precision.for_saving(state, stored)
+                    trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp, state_dict=state)
                     if not plan.uses_peft:  # a full model: make it loadable on its own
                         _write_model_extras(tmp, processor, model_path, trained_by=str(run))
                     write_json(tmp / "log_history.json", trainer.state.log_history)
             trainer.accelerator.wait_for_everyone()
             report.undecodable += trainer.undecodable
+            trainer.release()
             summary["stages"].append(
                 {
                     "name": stage.name,
@@ -207,6 +223,7 @@ def train(
                     "samples_decoded": dataset.decodes.value - decodes,  # this process and its forked workers
                     "undecodable": trainer.undecodable,
                     **({"packing_utilization": dataset.packs.utilization} if dataset.packs is not None else {}),
+                    "facts": facts,
                     **({"feature_cache": cache.stats()} if cached else {}),
                 }
             )

@@ -109,14 +109,26 @@ def vocabulary() -> list[str]:
     return sorted(set(words))
 
 
+#: text-only rows mixed into datasets (batches without images)
+TEXT_ONLY = [("say hello.", "hello"), ("what is two plus two?", "four"), ("count to three.", "one two three")]
+
+
 def write_dataset(
-    out_dir: Path, n: int, seed: int = 0, *, fmt: str = "llava", captions: bool = False, words: bool = False
+    out_dir: Path,
+    n: int,
+    seed: int = 0,
+    *,
+    fmt: str = "llava",
+    captions: bool = False,
+    words: bool = False,
+    texts: int = 0,
 ) -> Path:
     """``n`` scenes as PNG files under ``out_dir/images`` and a LLaVA JSON (or messages JSONL) file.
 
     Each row is one question (or one caption request when ``captions``) about one scene; the file
     is ``out_dir/data.json`` (LLaVA) or ``out_dir/data.jsonl`` (``fmt="messages"``). ``words``: the
     text-only task, the scene told in words before the question and no image (none is written).
+    ``texts`` text-only rows (a question and answer without an image) are spread evenly among them.
     """
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -156,6 +168,16 @@ def write_dataset(
                     ]
                 }
             )
+    total = len(rows) + texts
+    at = {(2 * i + 1) * total // (2 * texts) for i in range(texts)}  # evenly spread positions
+    images, mixed = iter(rows), []
+    for pos in range(total):
+        if pos not in at:
+            mixed.append(next(images))
+            continue
+        question, answer = TEXT_ONLY[len(mixed) % len(TEXT_ONLY)]
+        mixed.append(_text_row(f"text-{pos}", question, answer, fmt))
+    rows = mixed
     if fmt == "llava":
         path = out_dir / "data.json"
         path.write_text(json.dumps(rows, indent=1))
@@ -165,8 +187,8 @@ def write_dataset(
     return path
 
 
-def _text_row(i: int, question: str, answer: str, fmt: str) -> dict:
+def _text_row(key: int | str, question: str, answer: str, fmt: str) -> dict:
     if fmt == "llava":
         turns = [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
-        return {"id": str(i), "conversations": turns}
+        return {"id": str(key), "conversations": turns}
     return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
