@@ -17,6 +17,7 @@ from transformers import AutoModelForImageTextToText
 
 import vlm_swap
 from vlm_swap.connectors import CONNECTORS
+from vlm_swap.train.lock import hold_lock
 from vlm_swap.train.plan import expected_lora_params
 from vlm_swap.train.recipe import load_recipe
 from vlm_swap.train.run import train
@@ -193,6 +194,11 @@ def test_torchrun_two_processes_write_the_same_adapter_format(setup, tmp_path):
         str(run),
     ] + [a for o in FAST for a in ("--set", o)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    with hold_lock(run):  # rank 0 is refused the run directory, and rank 1 with it
+        refused = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert refused.returncode != 0  # (torchrun adds its own report of the failed workers)
+    assert refused.stderr.count(f"in use by process {os.getpid()}") == 2, refused.stderr[-3000:]
+    assert not run.exists()  # nothing written
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     adapter = load_file(str(run / "adapter_model.safetensors"))

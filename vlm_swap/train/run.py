@@ -25,20 +25,12 @@ from transformers.trainer_callback import PrinterCallback
 from ..card import write_model_card
 from ..encoders.loading import weight_files
 from ..errors import VlmSwapError
-from ..io import (
-    PROVENANCE_NAME,
-    RUN_SUMMARY_NAME,
-    atomic_dir,
-    check_not_an_input,
-    check_output_dir,
-    read_json,
-    write_json,
-    write_text,
-)
+from ..io import PROVENANCE_NAME, RUN_SUMMARY_NAME, atomic_dir, check_output_dir, read_json, write_json, write_text
 from ..llms import LLMS
 from .data import Collator, Encoder, SwapDataset, load_dataset
 from .engine import NonFiniteError, RichProgress, SwapTrainer, newest_checkpoint, trainable_finite, training_arguments
 from .features import FeatureCache
+from .lock import LOCK_NAME, own_run_dir
 from .plan import apply_stage, run_plan, wrap
 from .recipe import Recipe, load_recipe, recipe_to_dict
 
@@ -55,8 +47,7 @@ def _stage_dir(run: Path, index: int, recipe: Recipe) -> Path:
     return run / f"stage-{index + 1}-{recipe.stages[index].name}"
 
 
-def _check_run_dir(run: Path, recipe: Recipe, resume: bool, inputs: tuple) -> None:
-    check_not_an_input(run, inputs)
+def _check_run_dir(run: Path, recipe: Recipe, resume: bool) -> None:
     stored = run / RECIPE_NAME
     if resume:
         if not stored.is_file():
@@ -67,7 +58,7 @@ def _check_run_dir(run: Path, recipe: Recipe, resume: bool, inputs: tuple) -> No
             raise VlmSwapError(f"{stored} is not valid YAML; the run in {run} cannot be resumed") from exc
         if started != recipe_to_dict(recipe):
             raise VlmSwapError(f"the recipe differs from the one the run in {run} started with ({stored})")
-    elif run.exists() and any(run.iterdir()):
+    elif run.exists() and any(p.name != LOCK_NAME for p in run.iterdir()):
         raise VlmSwapError(f"run directory {run} is not empty; pass --resume to continue it or choose another --out")
 
 
@@ -100,12 +91,26 @@ def train(
     and RNG states of a resumed checkpoint are always read ``weights_only`` by the Trainer.
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects given to every stage's Trainer.
     """
-    from ..api import load
-
     spec = load_recipe(recipe, overrides)  # validated before any model is loaded
     run = Path(out).expanduser().absolute()
-    if _rank() == 0:
-        _check_run_dir(run, spec, resume, (model_dir, data, images))
+    with own_run_dir(
+        run,
+        inputs=(model_dir, data, images),
+        check=lambda: _check_run_dir(run, spec, resume),
+        join=lambda: training_arguments(spec.stages[0], run, report_to=report_to, eval_enabled=False).device,
+    ):
+        return _train(
+            spec, run, model_dir, data, images=images, resume=resume, on_bad_rows=on_bad_rows,
+            max_images=max_images, report_to=report_to, progress=progress, console=console,
+            allow_pickle=allow_pickle, callbacks=callbacks,
+        )  # fmt: skip
+
+
+def _train(spec: Recipe, run: Path, model_dir, data, *, images, resume, on_bad_rows, max_images, report_to,
+           progress, console, allow_pickle, callbacks) -> Path:  # fmt: skip
+    """``train`` once the run directory is owned (``own_run_dir``); the arguments are ``train``'s."""
+    from ..api import load
+
     model, processor = load(model_dir, allow_pickle=allow_pickle)
     model_path = Path(model.config._name_or_path)
     # validated at the shortest stage length, so every kept sample fits every stage (each stage then
