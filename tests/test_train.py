@@ -136,6 +136,22 @@ def test_frozen_parts_stay_bit_identical(setup, tmp_path):
     assert model.config.model_type == "swap_vlm"
 
 
+def test_wsd_decays_over_the_steps_of_its_epochs(setup, tmp_path):
+    """A WSD stage given in epochs decays over the steps those epochs take, as the same stage given in steps."""
+    _, up, data = setup  # 24 rows, batch 4: 6 steps per epoch
+    stage = {"name": "align", "connector": {"mode": "full"}, "scheduler": "wsd", "warmup_ratio": 0.0}
+    stage |= {"decay_ratio": 0.5, "batch_size": 4, "precision": "fp32", "max_length": 256, "logging_steps": 1}
+    rates = {}
+    for length in ({"epochs": 1.0}, {"steps": 6}):
+        recipe = tmp_path / f"{next(iter(length))}.yaml"
+        recipe.write_text(yaml.safe_dump({"name": "wsd", "stages": [{**stage, **length}]}))
+        run = train(str(recipe), up, data, tmp_path / recipe.stem, images=data.parent, progress=False)
+        history = json.loads((run / "stage-1-align" / "final" / "log_history.json").read_text())
+        rates[recipe.stem] = [e["learning_rate"] for e in history if "learning_rate" in e]
+    assert rates["epochs"] == rates["steps"]
+    assert len(rates["epochs"]) == 6 and rates["epochs"][:3] == [1e-3] * 3 and rates["epochs"][-1] < 1e-3 / 2
+
+
 def test_resume_reaches_the_same_step_and_loss(setup, lora_run, tmp_path):
     """Cut the run back to its state right after stage 2 saved checkpoint-3, then --resume."""
     _, up, data = setup

@@ -30,10 +30,6 @@ SCHEDULER_NAMES = {"cosine": "cosine", "wsd": "warmup_stable_decay", "linear": "
 
 def training_arguments(stage: Stage, stage_dir: Path, *, report_to: str, eval_enabled: bool) -> TrainingArguments:
     on_gpu = torch.cuda.is_available()
-    kwargs = {}
-    if stage.scheduler == "wsd":
-        steps = stage.steps or 0
-        kwargs["lr_scheduler_kwargs"] = {"num_decay_steps": max(1, int(stage.decay_ratio * steps))} if steps else {}
     return TrainingArguments(
         output_dir=str(stage_dir),
         max_steps=stage.steps if stage.steps is not None else -1,
@@ -68,7 +64,6 @@ def training_arguments(stage: Stage, stage_dir: Path, *, report_to: str, eval_en
         include_num_input_tokens_seen="non_padding",
         use_cpu=not on_gpu,
         ddp_find_unused_parameters=False,
-        **kwargs,
     )
 
 
@@ -93,6 +88,15 @@ class SwapTrainer(Trainer):
         self.bad_steps = 0
         self.feature_cache = feature_cache
         super().__init__(*args, **kwargs)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """WSD's decay is a share of the stage's optimizer steps, known here whether the stage gives steps or
+        epochs (the Trainer derives them from the data, the batch and the number of processes)."""
+        if self.stage.scheduler == "wsd":
+            self.args.lr_scheduler_kwargs = {
+                "num_decay_steps": max(1, int(self.stage.decay_ratio * num_training_steps))
+            }
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         keys = inputs.pop("feature_keys", None)
