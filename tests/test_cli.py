@@ -138,6 +138,12 @@ def test_unknown_connector(tmp_path, llava, vit):
     )
 
 
+def test_seed_out_of_range(tmp_path, llava, vit):
+    out = tmp_path / "o"
+    result = run("upgrade", llava(), "-e", f"hf-vit:{vit()}", "-o", out, "--seed", 10**20)
+    assert_clean_failure(result, "--seed must be in [0, 2**64 - 1]", out_dir=out)
+
+
 def test_truncated_safetensors(tmp_path, llava, vit):
     src = tmp_path / "src"
     shutil.copytree(llava(), src)

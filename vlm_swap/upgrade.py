@@ -214,6 +214,8 @@ def _assemble(
     out = Path(out)
     if dtype not in DTYPES:
         raise VlmSwapError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    if not 0 <= seed < 2**64:  # what torch.manual_seed takes
+        raise VlmSwapError(f"--seed must be in [0, 2**64 - 1], not {seed}")
     inputs = (source, encoder.partition(":")[2])
     check_output_dir(out, force, inputs)
     o = open_inputs(

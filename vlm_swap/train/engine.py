@@ -20,6 +20,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..errors import VlmSwapError
+from ..registry import did_you_mean
 from .features import FeatureCache
 from .plan import component_of
 from .recipe import COMPONENTS, Stage
@@ -28,7 +29,29 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 SCHEDULER_NAMES = {"cosine": "cosine", "wsd": "warmup_stable_decay", "linear": "linear", "constant": "constant"}
 
 
-def training_arguments(stage: Stage, stage_dir: Path, *, report_to: str, eval_enabled: bool) -> TrainingArguments:
+def report_to_list(report_to: str | list[str]) -> list[str]:
+    """The Trainer loggers named by ``--report-to`` (comma-separated; ``none``, ``all``), each known to the
+    Trainer and installed, else a one-line error (checked before a run directory is written)."""
+    from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+
+    names = [n.strip() for n in report_to.split(",")] if isinstance(report_to, str) else list(report_to)
+    if names in (["none"], ["all"]):
+        return names
+    installed = get_available_reporting_integrations()
+    for name in names:
+        if name not in INTEGRATION_TO_CALLBACK:
+            known = ", ".join(["none", "all", *INTEGRATION_TO_CALLBACK])
+            raise VlmSwapError(
+                f"--report-to: unknown logger {name!r}{did_you_mean(name, INTEGRATION_TO_CALLBACK)} (known: {known})"
+            )
+        if name not in installed:
+            raise VlmSwapError(f"--report-to {name}: the {name} package is not installed")
+    return names
+
+
+def training_arguments(
+    stage: Stage, stage_dir: Path, *, report_to: str | list[str], eval_enabled: bool
+) -> TrainingArguments:
     on_gpu = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(stage_dir),

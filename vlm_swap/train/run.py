@@ -28,7 +28,15 @@ from ..errors import VlmSwapError
 from ..io import PROVENANCE_NAME, RUN_SUMMARY_NAME, atomic_dir, check_output_dir, read_json, write_json, write_text
 from ..llms import LLMS
 from .data import Collator, Encoder, SwapDataset, load_dataset
-from .engine import NonFiniteError, RichProgress, SwapTrainer, newest_checkpoint, trainable_finite, training_arguments
+from .engine import (
+    NonFiniteError,
+    RichProgress,
+    SwapTrainer,
+    newest_checkpoint,
+    report_to_list,
+    trainable_finite,
+    training_arguments,
+)
 from .features import FeatureCache
 from .lock import LOCK_NAME, own_run_dir
 from .plan import apply_stage, run_plan, wrap
@@ -92,6 +100,7 @@ def train(
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects given to every stage's Trainer.
     """
     spec = load_recipe(recipe, overrides)  # validated before any model is loaded
+    report_to = report_to_list(report_to)  # and before a run directory is written
     run = Path(out).expanduser().absolute()
     with own_run_dir(
         run,
