@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import vlm_swap
+import vlm_swap.zoo
 from vlm_swap.cli import app
 from vlm_swap.errors import VlmSwapError
 
@@ -143,8 +145,36 @@ def test_corrupted_safetensors_fail_in_one_line_and_write_nothing(tmp_path, llav
     corrupt((src if part == "source" else enc) / "model.safetensors")
     out = tmp_path / "o"
     result = runner.invoke(app, ["upgrade", str(src), "-e", f"hf-vit:{enc}", "-o", str(out)])
-    what = "safetensors" if part == "source" else "could not load"
-    assert_clean_failure(result, what, out=out)
+    assert_clean_failure(result, "corrupted or truncated safetensors file", out=out)
+
+
+def test_truncated_shards_and_adapters_fail_in_one_line_in_export_merge_and_load(tmp_path, llava, vit):
+    """Fault: the last shard of an upgraded model, and the adapter of a LoRA run, cut in half. Every
+    command that reads or copies them refuses in one line before writing (remote-code used to copy it)."""
+    up = tmp_path / "up"
+    vlm_swap.upgrade(str(llava()), f"hf-vit:{vit()}", up)
+    truncate(sorted(up.glob("model-*.safetensors"))[-1])
+    for fmt in ("remote-code", "llava"):
+        out = tmp_path / f"export-{fmt}"
+        result = runner.invoke(app, ["export", str(up), "--format", fmt, "--out", str(out)])
+        assert_clean_failure(result, "corrupted or truncated safetensors file", "model-00002", out=out)
+
+    good = tmp_path / "good"
+    vlm_swap.upgrade(str(llava()), f"hf-vit:{vit()}", good)
+    run = tmp_path / "run"  # what a LoRA run holds at its root, its adapter cut by a full disk or a copy
+    run.mkdir()
+    (run / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(good), "peft_type": "LORA"}))
+    from safetensors.torch import save_file
+
+    save_file({"base_model.model.connector.0.weight": torch.zeros(64, 64)}, str(run / "adapter_model.safetensors"))
+    truncate(run / "adapter_model.safetensors")
+    out = tmp_path / "merged"
+    result = runner.invoke(app, ["merge", str(run), "--out", str(out)])
+    assert_clean_failure(result, "corrupted or truncated safetensors file", "adapter_model.safetensors", out=out)
+    image = tmp_path / "x.png"
+    vlm_swap.zoo.make_scene(1).render().save(image)
+    result = runner.invoke(app, ["generate", str(run), "--image", str(image), "--prompt", "hi"])
+    assert_clean_failure(result, "adapter_model.safetensors", out=tmp_path / "nothing")
 
 
 # ---- destinations that cannot be written ------------------------------------------------------------

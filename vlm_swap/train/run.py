@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from transformers.trainer_callback import PrinterCallback
 
 from ..card import write_model_card
-from ..encoders.loading import weight_files
+from ..encoders.loading import checked_weight_files
 from ..errors import VlmSwapError
 from ..io import PROVENANCE_NAME, RUN_SUMMARY_NAME, atomic_dir, check_output_dir, read_json, write_json, write_text
 from ..llms import LLMS
@@ -104,7 +104,7 @@ def train(
     run = Path(out).expanduser().absolute()
     with own_run_dir(
         run,
-        inputs=(model_dir, data, images),
+        inputs=(model_dir, data),  # a run may lie inside its images folder
         check=lambda: _check_run_dir(run, spec, resume),
         join=lambda: training_arguments(spec.stages[0], run, report_to=report_to, eval_enabled=False).device,
     ):
@@ -308,7 +308,7 @@ def merge(run: str | Path, out: str | Path, *, force: bool = False, allow_pickle
     if not base:
         raise VlmSwapError(f"{cfg} does not name its base model")
     check_output_dir(Path(out), force, (run, base))  # before anything is read
-    weight_files(run, allow_pickle=allow_pickle)  # a pickle-only adapter: refused naming --allow-pickle
+    checked_weight_files(run, allow_pickle=allow_pickle)  # pickle-only: refused naming --allow-pickle; truncated
     model, processor = load(base, allow_pickle=allow_pickle)
     merged = PeftModel.from_pretrained(model, str(run)).merge_and_unload()
     with atomic_dir(out, force=force, inputs=(run, base)) as tmp:
