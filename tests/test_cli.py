@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 
 import pytest
 from typer.testing import CliRunner
 
 from vlm_swap.cli import app
+from vlm_swap.train.lock import LOCK_NAME
 from vlm_swap.zoo import make_scene
+from vlm_swap.zoo.world import write_dataset
 
 from .helpers import cli_command
 
@@ -166,7 +170,8 @@ def test_encoder_failure_leaves_nothing(tmp_path, llava, vit):
     shutil.copytree(vit("siglip"), enc)
     (enc / "model.safetensors").write_bytes(b"\x00" * 64)
     out = tmp_path / "o"
-    assert_clean_failure(run("upgrade", llava(), "-e", f"hf-vit:{enc}", "-o", out), "SiglipVisionModel", out_dir=out)
+    result = run("upgrade", llava(), "-e", f"hf-vit:{enc}", "-o", out)
+    assert_clean_failure(result, f"corrupted or truncated safetensors file {enc / 'model.safetensors'}", out_dir=out)
 
 
 def test_image_that_is_not_an_image(tmp_path, llava, vit):
@@ -176,6 +181,30 @@ def test_image_that_is_not_an_image(tmp_path, llava, vit):
     bad.write_text("not an image")
     assert_clean_failure(run("generate", out, "--image", bad, "--prompt", "hi"), "not a readable image")
     assert_clean_failure(run("generate", out, "--image", tmp_path / "missing.png", "--prompt", "hi"), "image not found")
+
+
+def test_placeholder_typed_in_the_prompt(tmp_path, llava, perceiver):
+    out = tmp_path / "up"
+    assert run("upgrade", llava(), "-e", f"perceiver:{perceiver()}", "-o", out).exit_code == 0
+    image = tmp_path / "scene.png"
+    make_scene(3).render().save(image)
+    for token in ("<image>", "<|vision_start|>"):
+        result = run("generate", out, "--image", image, "--prompt", f"what {token} is this?")
+        assert_clean_failure(result, f"the prompt contains {token!r}", "--image")
+
+
+@pytest.mark.parametrize("image_token_id", [99999, -5])
+def test_image_token_outside_the_vocabulary(tmp_path, llava, vit, image_token_id):
+    src = tmp_path / "src"
+    shutil.copytree(llava(), src)
+    config = json.loads((src / "config.json").read_text())
+    config["image_token_index"] = image_token_id
+    (src / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "o"
+    result = run("upgrade", src, "-e", f"hf-vit:{vit()}", "-o", out)
+    assert_clean_failure(result, f"image token id {image_token_id}", "its tokenizer does not have", out_dir=out)
+    report = run("inspect", src, "--json")
+    assert report.exit_code == 0 and json.loads(report.output)["image_token"] is None
 
 
 def test_debug_shows_the_traceback(tmp_path, vit):
@@ -193,6 +222,42 @@ def test_console_script_as_subprocess(tmp_path):
         [*cmd, "inspect", str(tmp_path / "missing")], capture_output=True, text=True, env=env, timeout=120
     )
     assert bad.returncode != 0 and "path not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _interrupt(cmd, env, ready) -> subprocess.CompletedProcess:
+    """Start ``cmd``, press Ctrl-C (SIGINT) once ``ready(pid)`` holds, return what it printed."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    while proc.poll() is None and not ready(proc.pid) and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _importing_torch(pid: int) -> bool:
+    with open(f"/proc/{pid}/maps") as f:  # torch's library is mapped: the package import is under way
+        return "libtorch" in f.read()
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_starting_or_training_is_one_line(tmp_path, llava, vit):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = _interrupt([*cli_command(), "list", "encoders"], env, _importing_torch)
+    assert done.returncode == 130 and done.stderr.strip() == "interrupted while starting; nothing was done", done
+
+    up = tmp_path / "up"
+    assert run("upgrade", llava(), "-e", f"hf-vit:{vit()}", "-o", up).exit_code == 0
+    data = write_dataset(tmp_path / "data", 8, seed=3)
+    run_dir = tmp_path / "run"
+    cmd = [*cli_command(), "train", "tiny-cpu", "--model", str(up), "--data", str(data), "--images",
+           str(data.parent), "--out", str(run_dir)]  # fmt: skip
+    done = _interrupt(cmd, env, lambda _: (run_dir / "recipe.yaml").is_file())  # the run has started
+    assert done.returncode == 130 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "interrupted; continue from the newest complete checkpoint: the same command with --resume"
+    ), done.stderr
+    assert not (run_dir / LOCK_NAME).exists()  # released on the way out
 
 
 def test_train_and_merge_bad_input(tmp_path, llava, vit):

@@ -18,6 +18,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import VlmSwapError
@@ -45,8 +46,9 @@ def _quiet_libraries() -> None:
 
 
 @contextlib.contextmanager
-def user_errors():
-    """Turn user-caused errors into one line on stderr and a non-zero exit."""
+def user_errors(on_interrupt=lambda: "interrupted; outputs left as they were"):
+    """Turn user-caused errors into one line on stderr and a non-zero exit; ``on_interrupt()`` gives the line
+    printed on Ctrl-C (what the user can do next)."""
     try:
         yield
     except VlmSwapError as exc:
@@ -61,7 +63,7 @@ def user_errors():
         err.print(f"[bold red]error:[/] {exc.strerror or exc}{where}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        err.print("interrupted; outputs left as they were")
+        err.print(escape(on_interrupt()), highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
 
 
@@ -307,9 +309,15 @@ def train(
     allow_pickle: PickleOpt = False,
 ) -> None:
     """Fine-tune the connector (then LoRA) of an upgraded model with a recipe, on the HF Trainer."""
+    from .train.run import RECIPE_NAME
     from .train.run import train as run
 
-    with user_errors():
+    def on_interrupt() -> str:
+        if (out_dir / RECIPE_NAME).is_file():
+            return "interrupted; continue from the newest complete checkpoint: the same command with --resume"
+        return "interrupted before the run started; nothing was written"
+
+    with user_errors(on_interrupt):
         path = run(
             recipe,
             model,

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import torch
 from transformers import TextIteratorStreamer
 
+from .errors import VlmSwapError
 from .images import load_image
 
 
@@ -34,6 +35,9 @@ def generate_answer(
     pictures = [load_image(p) for p in images]
     if model is None:
         model, processor = load(model_dir, allow_pickle=allow_pickle)
+    typed = [t for t in (processor.image_token, processor.image_start, processor.image_end) if t and t in prompt]
+    if typed:  # the processor would count it as an image of its own
+        raise VlmSwapError(f"the prompt contains {typed[0]!r}, the model's image placeholder; pass images with --image")
     text = build_prompt(processor, prompt, len(pictures))
     inputs = processor(images=pictures, text=text, add_special_tokens=False, return_tensors="pt").to(model.device)
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
