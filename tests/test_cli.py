@@ -58,6 +58,42 @@ def test_list_table_and_filter():
     assert result.exit_code == 0 and "qwen3-4b" in result.output and "vicuna" not in result.output
 
 
+def test_listings_fit_the_screen_and_say_when_nothing_matches():
+    result = run("list", "catalog", "--filter", "qwen3*")
+    assert result.exit_code == 0 and "qwen3-4b" in result.output
+    assert len(result.output.splitlines()) < 80, "a nested column (the architecture) is back in the table"
+    assert "arch: with --json" in result.output and "num_hidden_layers" not in result.output
+    empty = run("list", "catalog", "--filter", "zzz*")
+    assert (
+        empty.exit_code == 1
+        and empty.output.strip() == "no catalog match 'zzz*' (vlm-swap list catalog lists them all)"
+    )
+    assert json.loads(run("list", "catalog", "--filter", "zzz*", "--json").output) == {}
+
+
+def test_help_usage_and_version():
+    from vlm_swap import __version__
+
+    top = run("--help")
+    assert "Upgrade LLaVA-style VLMs" in top.output and "calls one library function" not in top.output
+    assert run("--version").output.strip() == f"vlm-swap {__version__}"
+    for cmd, usage in (("upgrade", "upgrade [OPTIONS] SOURCE"), ("list", "list [OPTIONS] WHAT"), ("merge", "RUN")):
+        text = run(cmd, "--help").output
+        assert usage in text and "{" not in text.splitlines()[1], text
+
+
+def test_paths_with_brackets_print_as_typed(tmp_path, llava, vit):
+    """rich markup in user strings ('[/y]', '[red]') is printed literally, never interpreted or refused."""
+    for name in ("x[/y]", "mödel [red]v2"):
+        out = tmp_path / name
+        result = run("upgrade", llava(), "-e", f"hf-vit:{vit()}", "-o", out)
+        assert result.exit_code == 0 and f"upgraded model written to {out}" in result.output, result.output
+        assert (out / "config.json").is_file()
+    report = run("inspect", llava())
+    assert report.exit_code == 0 and "[safetensors]" in report.output.splitlines()[0]
+    assert_clean_failure(run("inspect", tmp_path / "q[/z]"), f"path not found: {tmp_path / 'q[/z]'}")
+
+
 def test_pairs_recommend_same_family_first():
     result = run("pairs", "--llm", "qwen3-4b", "--json")
     rows = json.loads(result.output)

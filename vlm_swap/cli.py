@@ -20,17 +20,45 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperCommand
 
 from .errors import VlmSwapError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0].strip("`. "))
+app = typer.Typer(add_completion=False, no_args_is_help=True)  # its help is _main's docstring
+
+
+class _Command(TyperCommand):
+    """Usage lines name the arguments as click does (``vlm-swap upgrade [OPTIONS] SOURCE``), without braces."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return [piece.strip("{}") for piece in super().collect_usage_pieces(ctx)]
+
+
+def command(*args, **kwargs):
+    """``app.command`` with the usage lines of ``_Command``."""
+    return app.command(*args, cls=_Command, **kwargs)
+
+
 out = Console()
 err = Console(stderr=True)
 _state = {"debug": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"vlm-swap {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug/--no-debug", help="Show tracebacks on errors.")) -> None:
+def _main(
+    debug: bool = typer.Option(False, "--debug/--no-debug", help="Show tracebacks on errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """Upgrade LLaVA-style VLMs: swap the vision side for a small-VLM perceiver or a ViT, keep the LLM."""
     _state["debug"] = debug
     _quiet_libraries()
@@ -54,17 +82,22 @@ def user_errors(on_interrupt=lambda: "interrupted; outputs left as they were"):
     except VlmSwapError as exc:
         if _state["debug"]:
             raise
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except OSError as exc:  # the system refused a read or write the checks above could not foresee
         if _state["debug"]:
             raise
         where = f" ({exc.filename})" if exc.filename else ""
-        err.print(f"[bold red]error:[/] {exc.strerror or exc}{where}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(f'{exc.strerror or exc}{where}')}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err.print(escape(on_interrupt()), highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
+
+
+def _written(what: str, path: Path, extra: str = "") -> None:
+    """``what PATH``: the path as typed (never read as markup) on one line, so it can be copied."""
+    out.print(f"{what} [bold]{escape(str(path))}[/]{escape(extra)}", soft_wrap=True)
 
 
 def _print_json(data) -> None:
@@ -87,9 +120,11 @@ class DType(str, Enum):
     float16 = "float16"
 
 
-@app.command("inspect")
+@command("inspect")
 def inspect_cmd(
-    source: str = typer.Argument(..., help="A VLM: local dir (a config.json alone is enough), hub id or catalog id."),
+    source: str = typer.Argument(
+        ..., metavar="SOURCE", help="A VLM: local dir (a config.json alone is enough), hub id or catalog id."
+    ),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print JSON for scripts."),
     trust_remote_code: bool = typer.Option(
         False, "--trust-remote-code/--no-trust-remote-code", help="Allow model code from the checkpoint."
@@ -104,15 +139,17 @@ def inspect_cmd(
     if as_json:
         _print_json(report)
         return
-    out.print(f"[bold]{report['architecture']}[/] ({report['source_kind']}) at {report['path']}  [{report['weights']}]")
+    where = escape(f"({report['source_kind']}) at {report['path']}  [{report['weights']}]")
+    out.print(f"[bold]{escape(report['architecture'])}[/] {where}", soft_wrap=True)
     table = Table("part", "type", "params", "details")
     for name, part in report["parts"].items():
         details = ", ".join(f"{k}={v}" for k, v in part.items() if k not in ("type", "params") and v is not None)
-        table.add_row(name, str(part["type"]), f"{part['params']:,}", details)
+        table.add_row(name, escape(str(part["type"])), f"{part['params']:,}", escape(details))
     out.print(table)
     out.print(
         f"image token: {report['image_token']!r} (id {report['image_token_id']}), "
-        f"tokens per image: {report['tokens_per_image']}, total params: {report['total_params']:,}"
+        f"tokens per image: {report['tokens_per_image']}, total params: {report['total_params']:,}",
+        markup=False,
     )
 
 
@@ -145,7 +182,7 @@ EncoderRevisionOpt = Annotated[
 
 def _warn_remote_code(trust_remote_code: bool, *revisions: str | None) -> None:
     if trust_remote_code:
-        pinned = "pinned to " + ", ".join(r for r in revisions if r) if any(revisions) else "unpinned"
+        pinned = escape("pinned to " + ", ".join(r for r in revisions if r) if any(revisions) else "unpinned")
         err.print(
             f"[yellow]warning:[/] --trust-remote-code runs Python code shipped with the checkpoint ({pinned}); "
             "pin audited code with --revision COMMIT",
@@ -154,9 +191,9 @@ def _warn_remote_code(trust_remote_code: bool, *revisions: str | None) -> None:
         )
 
 
-@app.command()
+@command()
 def upgrade(
-    source: str = typer.Argument(..., help="The VLM to upgrade: local dir, hub id or catalog id."),
+    source: str = typer.Argument(..., metavar="SOURCE", help="The VLM to upgrade: local dir, hub id or catalog id."),
     encoder: EncoderOpt = ...,
     out_dir: OutOpt = ...,
     connector: ConnectorOpt = None,
@@ -174,10 +211,10 @@ def upgrade(
     loading = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
     loading |= {"revision": revision, "encoder_revision": encoder_revision}
     path = _assemble(run, source, encoder, out_dir, connector, dtype, force, seed, loading)
-    out.print(f"upgraded model written to [bold]{path}[/]")
+    _written("upgraded model written to", path)
 
 
-@app.command()
+@command()
 def build(
     llm: str = typer.Option(..., "--llm", help="A bare causal LM: local dir, hub id or catalog id."),
     encoder: EncoderOpt = ...,
@@ -197,7 +234,7 @@ def build(
     loading = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
     loading |= {"revision": revision, "encoder_revision": encoder_revision}
     path = _assemble(run, llm, encoder, out_dir, connector, dtype, force, seed, loading)
-    out.print(f"model written to [bold]{path}[/]")
+    _written("model written to", path)
 
 
 def _assemble(run, source, encoder, out_dir, connector, dtype, force, seed, loading: dict) -> Path:
@@ -217,9 +254,9 @@ def _assemble(run, source, encoder, out_dir, connector, dtype, force, seed, load
         )
 
 
-@app.command("list")
+@command("list")
 def list_cmd(
-    what: Listing = typer.Argument(..., help="What to list."),
+    what: Listing = typer.Argument(..., metavar="WHAT", help="What to list."),
     pattern: str = typer.Option("*", "--filter", help="fnmatch pattern on ids, e.g. 'qwen*'."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print JSON for scripts."),
 ) -> None:
@@ -231,17 +268,23 @@ def list_cmd(
     if as_json:
         _print_json(rows)
         return
-    columns = sorted({k for r in rows.values() for k in r}, key=lambda k: (k != "help", k))
-    table = Table(title=what.value)
+    if not rows:
+        err.print(f"no {what.value} match {pattern!r} (vlm-swap list {what.value} lists them all)", markup=False)
+        raise typer.Exit(1)
+    fields = sorted({k for r in rows.values() for k in r}, key=lambda k: (k != "help", k))
+    # a nested value (a catalog entry's architecture) would fill a column with dozens of lines: --json has it
+    columns = [c for c in fields if not any(isinstance(r.get(c), (dict, list)) for r in rows.values())]
+    nested = [c for c in fields if c not in columns]
+    table = Table(title=what.value, caption=f"{', '.join(nested)}: with --json" if nested else None)
     table.add_column("id", no_wrap=True)
     for c in columns:
-        table.add_column(c, overflow="fold")
+        table.add_column(c.replace("_", " "), overflow="fold")
     for id_, row in rows.items():
-        table.add_row(id_, *(str(row.get(c, "")) for c in columns))
+        table.add_row(escape(id_), *(escape(str(row.get(c, ""))) for c in columns))
     out.print(table)
 
 
-@app.command()
+@command()
 def pairs(
     encoder: str = typer.Option(None, "--encoder", help="Catalog id of a perceiver or ViT (default: all)."),
     llm: str = typer.Option(None, "--llm", help="Catalog id of an LLM (default: all)."),
@@ -265,16 +308,18 @@ def pairs(
             if c["status"] != "ok" or c["name"] in ("text family", "token budget")
         )
         encoder = f"{r['encoder']} (recommended)" if r.get("recommended") else r["encoder"]
-        table.add_row(encoder, r["llm"], f"[{colour[r['verdict']]}]{r['verdict']}[/]", reasons)
+        table.add_row(escape(encoder), escape(r["llm"]), f"[{colour[r['verdict']]}]{r['verdict']}[/]", escape(reasons))
     out.print(table)
     for r in rows:
         if r.get("recommended"):
-            out.print(f"recommended perceiver for {r['llm']}: {r['encoder']} ({r['why']})", highlight=False)
+            out.print(
+                f"recommended perceiver for {r['llm']}: {r['encoder']} ({r['why']})", highlight=False, markup=False
+            )
 
 
-@app.command()
+@command()
 def generate(
-    model: str = typer.Argument(..., help="An upgraded model directory."),
+    model: str = typer.Argument(..., metavar="MODEL", help="An upgraded model directory."),
     image: list[Path] = typer.Option(..., "--image", help="Image file (repeat for several images)."),
     prompt: str = typer.Option(..., "--prompt", help="The question or instruction."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Most tokens to generate."),
@@ -292,9 +337,11 @@ def generate(
     out.print()
 
 
-@app.command()
+@command()
 def train(
-    recipe: str = typer.Argument(..., help="A shipped recipe name (vlm-swap list recipes) or a YAML file."),
+    recipe: str = typer.Argument(
+        ..., metavar="RECIPE", help="A shipped recipe name (vlm-swap list recipes) or a YAML file."
+    ),
     model: str = typer.Option(..., "--model", help="The upgraded model directory to fine-tune."),
     data: Path = typer.Option(..., "--data", help="LLaVA JSON/JSONL or messages JSONL."),
     images: Path = typer.Option(None, "--images", help="Folder the data's image paths are relative to."),
@@ -332,12 +379,14 @@ def train(
             console=out,
             allow_pickle=allow_pickle,
         )
-    out.print(f"run written to [bold]{path}[/] (loss curve: {path / 'loss.png'})")
+    _written("run written to", path, f" (loss curve: {path / 'loss.png'})")
 
 
-@app.command("eval")
+@command("eval")
 def eval_cmd(
-    model: str = typer.Argument(..., help="An upgraded model, a training run, or any image-text model."),
+    model: str = typer.Argument(
+        ..., metavar="MODEL", help="An upgraded model, a training run, or any image-text model."
+    ),
     data: Path = typer.Option(None, "--data", help="Image questions (LLaVA JSON/JSONL or messages JSONL)."),
     images: Path = typer.Option(None, "--images", help="Folder the data's image paths are relative to."),
     text_data: Path = typer.Option(None, "--text-data", help="Text-only rows: perplexity of their answers."),
@@ -381,9 +430,9 @@ def _print_scores(result: dict) -> None:
     out.print(table)
 
 
-@app.command()
+@command()
 def merge(
-    run: Path = typer.Argument(..., help="A run directory holding a LoRA adapter."),
+    run: Path = typer.Argument(..., metavar="RUN", help="A run directory holding a LoRA adapter."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Where to write the merged model."),
     force: bool = typer.Option(False, "--force/--no-force", help="Replace a non-empty --out."),
     allow_pickle: PickleOpt = False,
@@ -393,7 +442,7 @@ def merge(
 
     with user_errors():
         path = run_merge(run, out_dir, force=force, allow_pickle=allow_pickle)
-    out.print(f"merged model written to [bold]{path}[/]")
+    _written("merged model written to", path)
 
 
 class ExportFormat(str, Enum):
@@ -401,9 +450,9 @@ class ExportFormat(str, Enum):
     remote_code = "remote-code"
 
 
-@app.command()
+@command()
 def export(
-    model: Path = typer.Argument(..., help="An upgraded model directory (merge a LoRA run first)."),
+    model: Path = typer.Argument(..., metavar="MODEL", help="An upgraded model directory (merge a LoRA run first)."),
     fmt: ExportFormat = typer.Option(..., "--format", help="llava: native llava-hf; remote-code: any encoder."),
     out_dir: OutOpt = ...,
     force: ForceOpt = False,
@@ -413,10 +462,10 @@ def export(
 
     with user_errors():
         path = run_export(model, fmt.value, out_dir, force=force)
-    out.print(f"{fmt.value} export written to [bold]{path}[/]")
+    _written(f"{fmt.value} export written to", path)
 
 
-@app.command()
+@command()
 def demo(
     out_dir: Path = typer.Option(Path("vlm-swap-demo"), "--out", "-o", help="Where the demo writes its models."),
 ) -> None:
