@@ -243,6 +243,36 @@ def test_image_token_outside_the_vocabulary(tmp_path, llava, vit, image_token_id
     assert report.exit_code == 0 and json.loads(report.output)["image_token"] is None
 
 
+def test_misspelt_catalog_ids_suggest_the_catalog_id(tmp_path, llava, perceiver):
+    out = tmp_path / "o"
+    for args, close in (
+        (("upgrade", llava(), "-e", "perceiver:qwen3-vl-2bb", "-o", out), "qwen3-vl-2b"),
+        (("build", "--llm", "qwen3-4bb", "-e", f"perceiver:{perceiver()}", "-o", out), "qwen3-4b"),
+        (("inspect", "qwen3-4bb"), "qwen3-4b"),
+    ):
+        assert_clean_failure(run(*args), "not a catalog id (did you mean", f"{close},", out_dir=out)
+
+
+def test_build_on_a_vlm_says_what_the_vlm_can_be(tmp_path, llava, perceiver, vit):
+    out = tmp_path / "o"
+    result = run("build", "--llm", perceiver(), "-e", f"hf-vit:{vit()}", "-o", out)
+    assert_clean_failure(result, "not a bare LLM", "it can be the encoder", "perceiver:PATH", out_dir=out)
+    assert "use `vlm-swap upgrade` for VLMs" not in result.output  # upgrade would refuse this layout
+    result = run("build", "--llm", llava(), "-e", f"hf-vit:{vit()}", "-o", out)
+    assert_clean_failure(result, "use `vlm-swap upgrade` for VLMs", out_dir=out)
+
+
+def test_eval_names_only_options_it_has(tmp_path, llava):
+    turns = [{"from": "human", "value": "what is it?"}, {"from": "gpt", "value": "a shape"}]
+    data = tmp_path / "text.jsonl"
+    data.write_text(json.dumps({"conversations": turns}) + "\n" + json.dumps({"conversations": "bad"}) + "\n")
+    result = run("eval", llava(), "--text-data", data, "--json")
+    assert_clean_failure(result, "line 2", "pass --skip-bad-rows")
+    result = run("eval", llava(), "--text-data", data, "--json", "--skip-bad-rows")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["model"]["text"]["tokens"] > 0
+
+
 def test_debug_shows_the_traceback(tmp_path, vit):
     result = run("--debug", "upgrade", tmp_path / "nope", "-e", f"hf-vit:{vit()}", "-o", tmp_path / "o")
     assert result.exit_code != 0 and result.exception is not None

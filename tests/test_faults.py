@@ -201,6 +201,40 @@ def test_unwritable_destinations_fail_in_one_line(tmp_path, llava, vit):
         assert not out.exists()
 
 
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory on a read-only file system (a tmpfs mounted read-only; needs the right to mount)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a read-only file system here")
+    yield ro
+    subprocess.run(["umount", str(ro)], check=True)
+
+
+def test_a_read_only_file_system_is_named_as_such_before_any_work(read_only_dir, tmp_path, llava, vit):
+    """Fault: the output lies on a read-only file system (it used to read 'permission denied', and eval
+    named its internal temporary file after scoring everything)."""
+    out = read_only_dir / "up"
+    result = runner.invoke(app, ["upgrade", str(llava()), "-e", f"hf-vit:{vit()}", "-o", str(out)])
+    assert_clean_failure(result, "read-only file system", out=out)
+    turns = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]
+    data = tmp_path / "t.jsonl"
+    data.write_text(json.dumps({"conversations": turns}) + "\n")
+    report = read_only_dir / "scores.json"
+    result = runner.invoke(app, ["eval", str(llava()), "--text-data", str(data), "--out", str(report)])
+    assert_clean_failure(result, f"cannot write to {read_only_dir}: a read-only file system", out=report)
+    assert ".tmp-" not in result.output
+
+
+def test_a_failed_write_names_the_file_not_its_temporary(read_only_dir):
+    from vlm_swap.io import write_json
+
+    with pytest.raises(VlmSwapError, match=rf"read-only file system while writing {read_only_dir / 'x.json'}"):
+        write_json(read_only_dir / "x.json", {"a": 1})
+
+
 def _file_size_limit(limit: int):
     def apply():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write over the limit then fails with EFBIG

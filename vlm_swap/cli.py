@@ -174,6 +174,12 @@ PickleOpt = Annotated[
         help="Read pickle weights (.bin, .pt) when there are no safetensors (tensors only, weights_only=True).",
     ),
 ]
+SkipBadRowsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-bad-rows/--fail-on-bad-rows", help="Skip malformed rows (reported by line) instead of stopping."
+    ),
+]
 RevisionOpt = Annotated[str, typer.Option("--revision", help="Hub source: branch, tag or commit to pin.")]
 EncoderRevisionOpt = Annotated[
     str, typer.Option("--encoder-revision", help="Hub encoder source: branch, tag or commit to pin.")
@@ -348,9 +354,7 @@ def train(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Run directory (checkpoints, adapter, loss.png)."),
     resume: bool = typer.Option(False, "--resume/--no-resume", help="Continue from the newest complete checkpoint."),
     overrides: list[str] = typer.Option([], "--set", help="Override a recipe field: key.path=value (repeatable)."),
-    skip_bad_rows: bool = typer.Option(
-        False, "--skip-bad-rows/--fail-on-bad-rows", help="Skip malformed rows (reported by line) instead of stopping."
-    ),
+    skip_bad_rows: SkipBadRowsOpt = False,
     max_images: int = typer.Option(1, "--max-images", min=1, help="Most images allowed in one sample."),
     report_to: str = typer.Option("none", "--report-to", help="Trainer loggers: none, tensorboard, wandb, ..."),
     allow_pickle: PickleOpt = False,
@@ -394,6 +398,7 @@ def eval_cmd(
     limit: int = typer.Option(None, "--limit", min=1, help="Score at most N rows of each file."),
     report: Path = typer.Option(None, "--out", "-o", help="Write the scores as JSON to this file."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print JSON instead of a table."),
+    skip_bad_rows: SkipBadRowsOpt = False,
     allow_pickle: PickleOpt = False,
 ) -> None:
     """Accuracy on image questions and text perplexity, against a baseline when given."""
@@ -412,6 +417,7 @@ def eval_cmd(
             report=report,
             progress=not as_json,
             allow_pickle=allow_pickle,
+            on_bad_rows="skip" if skip_bad_rows else "fail",
         )
     if as_json:
         _print_json(result)

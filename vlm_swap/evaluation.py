@@ -135,12 +135,13 @@ def score(
     limit: int | None = None,
     progress: bool = False,
     label: str = "eval",
+    on_bad_rows: str = "fail",
 ) -> dict[str, Any]:
-    """All scores of one model on the given data."""
+    """All scores of one model on the given data; ``on_bad_rows="skip"`` scores the rows that are valid."""
     encoder = Encoder(processor, 4096, empty_think)
     result: dict[str, Any] = {}
     if data is not None:
-        samples, report = load_dataset(data, images, encoder, max_images=8)
+        samples, report = load_dataset(data, images, encoder, max_images=8, on_bad_rows=on_bad_rows)
         samples = samples[:limit] if limit else samples
         options = _options(Path(data))
         mc = [(s, options[s.line]) for s in samples if s.line in options]
@@ -152,7 +153,7 @@ def score(
             if not open_ended:
                 result["accuracy"] = result["choice"]["accuracy"]
     if text_data is not None:
-        samples, _ = load_dataset(text_data, None, encoder, max_images=0)
+        samples, _ = load_dataset(text_data, None, encoder, max_images=0, on_bad_rows=on_bad_rows)
         result["text"] = text_perplexity(model, encoder, samples[:limit] if limit else samples)
     return result
 
@@ -175,9 +176,10 @@ REPORT_KEYS = {"model", "baseline"}
 def check_report_path(report: Path, inputs: tuple) -> None:
     """Refuse a report path that is (or lies inside) an input, and an existing file that is not a
     previous ``vlm-swap eval`` report (a JSON object with only ``model`` / ``baseline`` entries)."""
-    from .io import check_not_an_input
+    from .io import check_not_an_input, check_writable_parent
 
     check_not_an_input(report, inputs)
+    check_writable_parent(report)  # before minutes of scoring, not after
     if report.is_dir():
         raise VlmSwapError(f"--out {report} is a directory; name a JSON file")
     if report.exists():
@@ -200,6 +202,7 @@ def evaluate(
     report: Path | None = None,
     progress: bool = False,
     allow_pickle: bool = False,
+    on_bad_rows: str = "fail",
 ) -> dict[str, Any]:
     """Score ``model`` (and ``baseline``) on the same data; write ``report`` as JSON when given."""
     from .api import load_any
@@ -214,9 +217,20 @@ def evaluate(
         m, processor = load_any(path, allow_pickle=allow_pickle)
         result[name] = {
             "path": str(path),
-            **score(m, processor, data, images, text_data, limit=limit, progress=progress, label=name),
+            **score(
+                m,
+                processor,
+                data,
+                images,
+                text_data,
+                limit=limit,
+                progress=progress,
+                label=name,
+                on_bad_rows=on_bad_rows,
+            ),
         }
         del m
     if report is not None:
+        Path(report).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(report), result)
     return result

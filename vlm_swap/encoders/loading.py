@@ -72,8 +72,17 @@ def resolve_source(
     try:
         return snapshot_download(source, revision=revision, allow_patterns=patterns)
     except Exception as exc:  # offline, gated, unknown repo: say which and why, in one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise VlmSwapError(f"cannot fetch {source!r} from the hub (not a local path either): {first}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        if "/" not in source:  # most often a misspelt catalog id
+            close = CATALOG.close_ids(source)
+            hint = f"did you mean {', '.join(close)}?" if close else "vlm-swap list catalog lists them"
+            raise VlmSwapError(
+                f"unknown model {source!r}: not a catalog id ({hint}), not a local path, and the hub could not "
+                f"give it ({first})"
+            ) from exc
+        known = [i for i, e in CATALOG.items() if e.hub_id == source]
+        also = f"; its catalog id {known[0]} gives its facts offline (inspect, pairs)" if known else ""
+        raise VlmSwapError(f"cannot fetch {source!r} from the hub (not a local path either): {first}{also}") from exc
 
 
 def load_config(path: str | Path, trust_remote_code: bool = False) -> PreTrainedConfig:
