@@ -152,6 +152,20 @@ def test_wsd_decays_over_the_steps_of_its_epochs(setup, tmp_path):
     assert len(rates["epochs"]) == 6 and rates["epochs"][:3] == [1e-3] * 3 and rates["epochs"][-1] < 1e-3 / 2
 
 
+def test_progress_is_printed_from_the_first_step_when_the_output_is_not_a_terminal(setup, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    _, up, data = setup
+    buf = io.StringIO()
+    overrides = ["stages.align.steps=3", "stages.lora.steps=2", "stages.align.logging_steps=100"]
+    train("tiny-cpu", up, data, tmp_path / "run", images=data.parent, overrides=overrides, console=Console(file=buf))
+    lines = buf.getvalue().splitlines()
+    assert "stage 1/2 align: step 1/3  loss " in "\n".join(lines) and "stage 2/2 lora: step 2/2" in "\n".join(lines)
+    assert "nan" not in buf.getvalue()
+
+
 def test_resume_reaches_the_same_step_and_loss(setup, lora_run, tmp_path):
     """Cut the run back to its state right after stage 2 saved checkpoint-3, then --resume."""
     _, up, data = setup

@@ -12,9 +12,18 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Column
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -238,36 +247,71 @@ def newest_checkpoint(stage_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-class RichProgress(TrainerCallback):
-    """A rich progress line per stage: step, loss, lr, tokens/s, ETA."""
+def training_progress(console=None, *, enabled: bool = True) -> Progress:
+    """The progress display of a run: one line per stage (step/total, loss, lr, tokens/s, ETA), redrawn
+    4 times a second on a terminal. Only the bar is elastic, so at 80 columns it gives way and the
+    counters stay whole."""
+    fixed = {"no_wrap": True}
+    return Progress(
+        TextColumn("{task.description}", table_column=Column(**fixed)),
+        BarColumn(bar_width=None, table_column=Column(ratio=1)),
+        MofNCompleteColumn(table_column=Column(**fixed)),
+        TextColumn("{task.fields[info]}", table_column=Column(**fixed)),
+        TimeRemainingColumn(table_column=Column(**fixed)),
+        console=console,
+        disable=not enabled,
+        refresh_per_second=4,
+    )
 
-    def __init__(self, progress, stage_label: str):
+
+class RichProgress(TrainerCallback):
+    """A stage's line in ``training_progress``: shown from the start of the stage, updated at every step
+    and every log. Where the output is not a terminal (a log file, CI) rich cannot redraw a line, so
+    the callback prints one itself: at the first step, then at most every ``LOG_EVERY_S`` seconds, and
+    at the last step."""
+
+    LOG_EVERY_S = 30.0
+
+    def __init__(self, progress: Progress, stage_label: str):
         self.progress = progress
         self.label = stage_label
         self.task = None
-        self.loss = float("nan")
-        self.lr = 0.0
-        self._t0 = None
+        self.loss: float | None = None
+        self.lr: float | None = None
+        self._t0 = 0.0
         self._tokens0 = 0
-        self._step0 = 0
+        self._printed = None  # when a plain line was last printed (not a terminal)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        import time
-
         self._t0 = time.perf_counter()
         self._tokens0 = state.num_input_tokens_seen
-        self._step0 = state.global_step
         self.task = self.progress.add_task(self.label, total=state.max_steps, completed=state.global_step, info="")
+        self.progress.update(self.task, info=self._info(state))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         self.loss = logs.get("loss", self.loss)
         self.lr = logs.get("learning_rate", self.lr)
+        if self.task is not None:
+            self.progress.update(self.task, info=self._info(state))
 
     def on_step_end(self, args, state, control, **kwargs):
-        import time
+        self.progress.update(self.task, completed=state.global_step, info=self._info(state))
+        console = self.progress.console
+        if self.progress.disable or console.is_terminal:
+            return
+        now = time.perf_counter()
+        last = state.global_step >= state.max_steps
+        if self._printed is None or now - self._printed >= self.LOG_EVERY_S or last:
+            self._printed = now
+            console.print(
+                f"{self.label}: step {state.global_step}/{state.max_steps}  {self._info(state)}", markup=False
+            )
 
-        elapsed = max(time.perf_counter() - self._t0, 1e-9)
-        tok_s = (state.num_input_tokens_seen - self._tokens0) / elapsed
-        info = f"loss {self.loss:.4f}  lr {self.lr:.2e}  {tok_s:,.0f} tok/s"
-        self.progress.update(self.task, completed=state.global_step, info=info)
+    def _info(self, state) -> str:
+        """``loss 1.2345 lr 1.0e-03 12,345 tok/s``; a dash for what is not known yet (the loss, before a log)."""
+        elapsed = time.perf_counter() - self._t0
+        tok_s = (state.num_input_tokens_seen - self._tokens0) / elapsed if elapsed > 0 else 0.0
+        loss = f"{self.loss:.4f}" if self.loss is not None else "-"
+        lr = f"{self.lr:.1e}" if self.lr is not None else "-"
+        return f"loss {loss} lr {lr} {tok_s:,.0f} tok/s"

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 import yaml
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import load_file
 from transformers.trainer_callback import PrinterCallback
 
@@ -36,6 +35,7 @@ from .engine import (
     report_to_list,
     trainable_finite,
     training_arguments,
+    training_progress,
 )
 from .features import FeatureCache
 from .lock import LOCK_NAME, own_run_dir
@@ -138,14 +138,7 @@ def _train(spec: Recipe, run: Path, model_dir, data, *, images, resume, on_bad_r
     cache = FeatureCache(spec.feature_cache_mb * 2**20)
     summary = {"model": str(model_path), "data": str(data), "data_report": report.__dict__, "stages": []}
 
-    columns = [
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, disable=not progress or _rank() != 0, console=console) as bar:
+    with training_progress(console, enabled=progress and _rank() == 0) as bar:
         for i, stage in enumerate(spec.stages):
             stage_dir = _stage_dir(run, i, spec)
             final = stage_dir / "final"
