@@ -60,8 +60,13 @@ def _main(
     ),
 ) -> None:
     """Upgrade LLaVA-style VLMs: swap the vision side for a small-VLM perceiver or a ViT, keep the LLM."""
+    from .threads import use_cpu_threads
+
     _state["debug"] = debug
     _quiet_libraries()
+    threads = use_cpu_threads()  # torch's default oversubscribes a shared machine
+    if debug:
+        err.print(f"torch CPU threads: {threads}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _quiet_libraries() -> None:
