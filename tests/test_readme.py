@@ -1,5 +1,6 @@
-"""The README's command lines match the CLI: every option the tour and the synopses use exists, the
-synopses name every option of their command, and the tour's offline examples run offline."""
+"""The README matches the code: every option the tour and the synopses use exists, the synopses name
+every option of their command, the tour's offline examples run offline, and every test the guarantees
+table names exists."""
 
 from __future__ import annotations
 
@@ -52,3 +53,16 @@ def test_the_tour_inspects_catalog_ids_offline(monkeypatch):
         result = CliRunner().invoke(app, ["inspect", source, "--json"])
         assert result.exit_code == 0, result.output
         assert json.loads(result.output)["total_params"] > 10**9
+
+
+def test_every_test_the_readme_names_exists():
+    root = Path(__file__).resolve().parents[1]
+    named, current = [], None
+    for m in re.finditer(r"`(tests/test_\w+\.py)?(?:::(\w+))?`", README):
+        current = m.group(1) or current
+        if current:
+            named.append((current, m.group(2)))
+    assert len(named) > 30
+    for path, name in named:
+        text = (root / path).read_text()
+        assert name is None or f"def {name}(" in text, f"{path}::{name} is named in README.md but does not exist"
