@@ -5,7 +5,8 @@ A run directory holds the resolved ``recipe.yaml``, one folder per stage with th
 the root the result: a peft adapter (``adapter_config.json`` + ``adapter_model.safetensors``,
 connector included) when the recipe uses LoRA, else a full model; plus ``run.json`` and
 ``loss.png``. ``--resume`` skips finished stages and continues the current one from its newest
-complete checkpoint (optimizer, scheduler, RNG and data position included).
+complete checkpoint (optimizer, scheduler, RNG and data position included). One process owns the
+run directory for the whole run (``lock.own_run_dir``), from before it is checked.
 """
 
 from __future__ import annotations
