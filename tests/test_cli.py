@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 
 import pytest
 from typer.testing import CliRunner
 
 from vlm_swap.cli import app
+from vlm_swap.train.lock import LOCK_NAME
 from vlm_swap.zoo import make_scene
+from vlm_swap.zoo.world import write_dataset
 
 from .helpers import cli_command
 
@@ -52,6 +56,42 @@ def test_list_json(what, keys):
 def test_list_table_and_filter():
     result = run("list", "catalog", "--filter", "qwen3-*")
     assert result.exit_code == 0 and "qwen3-4b" in result.output and "vicuna" not in result.output
+
+
+def test_listings_fit_the_screen_and_say_when_nothing_matches():
+    result = run("list", "catalog", "--filter", "qwen3*")
+    assert result.exit_code == 0 and "qwen3-4b" in result.output
+    assert len(result.output.splitlines()) < 80, "a nested column (the architecture) is back in the table"
+    assert "arch: with --json" in result.output and "num_hidden_layers" not in result.output
+    empty = run("list", "catalog", "--filter", "zzz*")
+    assert (
+        empty.exit_code == 1
+        and empty.output.strip() == "no catalog match 'zzz*' (vlm-swap list catalog lists them all)"
+    )
+    assert json.loads(run("list", "catalog", "--filter", "zzz*", "--json").output) == {}
+
+
+def test_help_usage_and_version():
+    from vlm_swap import __version__
+
+    top = run("--help")
+    assert "Upgrade LLaVA-style VLMs" in top.output and "calls one library function" not in top.output
+    assert run("--version").output.strip() == f"vlm-swap {__version__}"
+    for cmd, usage in (("upgrade", "upgrade [OPTIONS] SOURCE"), ("list", "list [OPTIONS] WHAT"), ("merge", "RUN")):
+        text = run(cmd, "--help").output
+        assert usage in text and "{" not in text.splitlines()[1], text
+
+
+def test_paths_with_brackets_print_as_typed(tmp_path, llava, vit):
+    """rich markup in user strings ('[/y]', '[red]') is printed literally, never interpreted or refused."""
+    for name in ("x[/y]", "mödel [red]v2"):
+        out = tmp_path / name
+        result = run("upgrade", llava(), "-e", f"hf-vit:{vit()}", "-o", out)
+        assert result.exit_code == 0 and f"upgraded model written to {out}" in result.output, result.output
+        assert (out / "config.json").is_file()
+    report = run("inspect", llava())
+    assert report.exit_code == 0 and "[safetensors]" in report.output.splitlines()[0]
+    assert_clean_failure(run("inspect", tmp_path / "q[/z]"), f"path not found: {tmp_path / 'q[/z]'}")
 
 
 def test_pairs_recommend_same_family_first():
@@ -138,6 +178,12 @@ def test_unknown_connector(tmp_path, llava, vit):
     )
 
 
+def test_seed_out_of_range(tmp_path, llava, vit):
+    out = tmp_path / "o"
+    result = run("upgrade", llava(), "-e", f"hf-vit:{vit()}", "-o", out, "--seed", 10**20)
+    assert_clean_failure(result, "--seed must be in [0, 2**64 - 1]", out_dir=out)
+
+
 def test_truncated_safetensors(tmp_path, llava, vit):
     src = tmp_path / "src"
     shutil.copytree(llava(), src)
@@ -173,6 +219,60 @@ def test_image_that_is_not_an_image(tmp_path, llava, vit):
     assert_clean_failure(run("generate", out, "--image", tmp_path / "missing.png", "--prompt", "hi"), "image not found")
 
 
+def test_placeholder_typed_in_the_prompt(tmp_path, llava, perceiver):
+    out = tmp_path / "up"
+    assert run("upgrade", llava(), "-e", f"perceiver:{perceiver()}", "-o", out).exit_code == 0
+    image = tmp_path / "scene.png"
+    make_scene(3).render().save(image)
+    for token in ("<image>", "<|vision_start|>"):
+        result = run("generate", out, "--image", image, "--prompt", f"what {token} is this?")
+        assert_clean_failure(result, f"the prompt contains {token!r}", "--image")
+
+
+@pytest.mark.parametrize("image_token_id", [99999, -5])
+def test_image_token_outside_the_vocabulary(tmp_path, llava, vit, image_token_id):
+    src = tmp_path / "src"
+    shutil.copytree(llava(), src)
+    config = json.loads((src / "config.json").read_text())
+    config["image_token_index"] = image_token_id
+    (src / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "o"
+    result = run("upgrade", src, "-e", f"hf-vit:{vit()}", "-o", out)
+    assert_clean_failure(result, f"image token id {image_token_id}", "its tokenizer does not have", out_dir=out)
+    report = run("inspect", src, "--json")
+    assert report.exit_code == 0 and json.loads(report.output)["image_token"] is None
+
+
+def test_misspelt_catalog_ids_suggest_the_catalog_id(tmp_path, llava, perceiver):
+    out = tmp_path / "o"
+    for args, close in (
+        (("upgrade", llava(), "-e", "perceiver:qwen3-vl-2bb", "-o", out), "qwen3-vl-2b"),
+        (("build", "--llm", "qwen3-4bb", "-e", f"perceiver:{perceiver()}", "-o", out), "qwen3-4b"),
+        (("inspect", "qwen3-4bb"), "qwen3-4b"),
+    ):
+        assert_clean_failure(run(*args), "not a catalog id (did you mean", f"{close},", out_dir=out)
+
+
+def test_build_on_a_vlm_says_what_the_vlm_can_be(tmp_path, llava, perceiver, vit):
+    out = tmp_path / "o"
+    result = run("build", "--llm", perceiver(), "-e", f"hf-vit:{vit()}", "-o", out)
+    assert_clean_failure(result, "not a bare LLM", "it can be the encoder", "perceiver:PATH", out_dir=out)
+    assert "use `vlm-swap upgrade` for VLMs" not in result.output  # upgrade would refuse this layout
+    result = run("build", "--llm", llava(), "-e", f"hf-vit:{vit()}", "-o", out)
+    assert_clean_failure(result, "use `vlm-swap upgrade` for VLMs", out_dir=out)
+
+
+def test_eval_names_only_options_it_has(tmp_path, llava):
+    turns = [{"from": "human", "value": "what is it?"}, {"from": "gpt", "value": "a shape"}]
+    data = tmp_path / "text.jsonl"
+    data.write_text(json.dumps({"conversations": turns}) + "\n" + json.dumps({"conversations": "bad"}) + "\n")
+    result = run("eval", llava(), "--text-data", data, "--json")
+    assert_clean_failure(result, "line 2", "pass --skip-bad-rows")
+    result = run("eval", llava(), "--text-data", data, "--json", "--skip-bad-rows")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["model"]["text"]["tokens"] > 0
+
+
 def test_debug_shows_the_traceback(tmp_path, vit):
     result = run("--debug", "upgrade", tmp_path / "nope", "-e", f"hf-vit:{vit()}", "-o", tmp_path / "o")
     assert result.exit_code != 0 and result.exception is not None
@@ -188,6 +288,42 @@ def test_console_script_as_subprocess(tmp_path):
         [*cmd, "inspect", str(tmp_path / "missing")], capture_output=True, text=True, env=env, timeout=120
     )
     assert bad.returncode != 0 and "path not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _interrupt(cmd, env, ready) -> subprocess.CompletedProcess:
+    """Start ``cmd``, press Ctrl-C (SIGINT) once ``ready(pid)`` holds, return what it printed."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    while proc.poll() is None and not ready(proc.pid) and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _importing_torch(pid: int) -> bool:
+    with open(f"/proc/{pid}/maps") as f:  # torch's library is mapped: the package import is under way
+        return "libtorch" in f.read()
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_starting_or_training_is_one_line(tmp_path, llava, vit):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = _interrupt([*cli_command(), "list", "encoders"], env, _importing_torch)
+    assert done.returncode == 130 and done.stderr.strip() == "interrupted while starting; nothing was done", done
+
+    up = tmp_path / "up"
+    assert run("upgrade", llava(), "-e", f"hf-vit:{vit()}", "-o", up).exit_code == 0
+    data = write_dataset(tmp_path / "data", 8, seed=3)
+    run_dir = tmp_path / "run"
+    cmd = [*cli_command(), "train", "tiny-cpu", "--model", str(up), "--data", str(data), "--images",
+           str(data.parent), "--out", str(run_dir)]  # fmt: skip
+    done = _interrupt(cmd, env, lambda _: (run_dir / "recipe.yaml").is_file())  # the run has started
+    assert done.returncode == 130 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "interrupted; continue from the newest complete checkpoint: the same command with --resume"
+    ), done.stderr
+    assert not (run_dir / LOCK_NAME).exists()  # released on the way out
 
 
 def test_train_and_merge_bad_input(tmp_path, llava, vit):

@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import vlm_swap
+import vlm_swap.zoo
 from vlm_swap.cli import app
 from vlm_swap.errors import VlmSwapError
 from vlm_swap.tensor_files import read_safetensors_header
@@ -148,6 +150,35 @@ def test_corrupted_safetensors_fail_in_one_line_and_write_nothing(tmp_path, llav
     assert_clean_failure(result, "corrupted or truncated safetensors file", str(corrupted), out=out)
 
 
+def test_truncated_shards_and_adapters_fail_in_one_line_in_export_merge_and_load(tmp_path, llava, vit):
+    """Fault: the last shard of an upgraded model, and the adapter of a LoRA run, cut in half. Every
+    command that reads or copies them refuses in one line before writing (remote-code used to copy it)."""
+    up = tmp_path / "up"
+    vlm_swap.upgrade(str(llava()), f"hf-vit:{vit()}", up)
+    truncate(sorted(up.glob("model-*.safetensors"))[-1])
+    for fmt in ("remote-code", "llava"):
+        out = tmp_path / f"export-{fmt}"
+        result = runner.invoke(app, ["export", str(up), "--format", fmt, "--out", str(out)])
+        assert_clean_failure(result, "corrupted or truncated safetensors file", "model-00002", out=out)
+
+    good = tmp_path / "good"
+    vlm_swap.upgrade(str(llava()), f"hf-vit:{vit()}", good)
+    run = tmp_path / "run"  # what a LoRA run holds at its root, its adapter cut by a full disk or a copy
+    run.mkdir()
+    (run / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(good), "peft_type": "LORA"}))
+    from safetensors.torch import save_file
+
+    save_file({"base_model.model.connector.0.weight": torch.zeros(64, 64)}, str(run / "adapter_model.safetensors"))
+    truncate(run / "adapter_model.safetensors")
+    out = tmp_path / "merged"
+    result = runner.invoke(app, ["merge", str(run), "--out", str(out)])
+    assert_clean_failure(result, "corrupted or truncated safetensors file", "adapter_model.safetensors", out=out)
+    image = tmp_path / "x.png"
+    vlm_swap.zoo.make_scene(1).render().save(image)
+    result = runner.invoke(app, ["generate", str(run), "--image", str(image), "--prompt", "hi"])
+    assert_clean_failure(result, "adapter_model.safetensors", out=tmp_path / "nothing")
+
+
 # ---- destinations that cannot be written ------------------------------------------------------------
 
 
@@ -170,6 +201,40 @@ def test_unwritable_destinations_fail_in_one_line(tmp_path, llava, vit):
         assert result.exit_code != 0 and "Traceback" not in result.output, result.output
         assert "cannot write to" in result.output and len(result.output.strip().splitlines()) == 1, result.output
         assert not out.exists()
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory on a read-only file system (a tmpfs mounted read-only; needs the right to mount)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a read-only file system here")
+    yield ro
+    subprocess.run(["umount", str(ro)], check=True)
+
+
+def test_a_read_only_file_system_is_named_as_such_before_any_work(read_only_dir, tmp_path, llava, vit):
+    """Fault: the output lies on a read-only file system (it used to read 'permission denied', and eval
+    named its internal temporary file after scoring everything)."""
+    out = read_only_dir / "up"
+    result = runner.invoke(app, ["upgrade", str(llava()), "-e", f"hf-vit:{vit()}", "-o", str(out)])
+    assert_clean_failure(result, "read-only file system", out=out)
+    turns = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]
+    data = tmp_path / "t.jsonl"
+    data.write_text(json.dumps({"conversations": turns}) + "\n")
+    report = read_only_dir / "scores.json"
+    result = runner.invoke(app, ["eval", str(llava()), "--text-data", str(data), "--out", str(report)])
+    assert_clean_failure(result, f"cannot write to {read_only_dir}: a read-only file system", out=report)
+    assert ".tmp-" not in result.output
+
+
+def test_a_failed_write_names_the_file_not_its_temporary(read_only_dir):
+    from vlm_swap.io import write_json
+
+    with pytest.raises(VlmSwapError, match=rf"read-only file system while writing {read_only_dir / 'x.json'}"):
+        write_json(read_only_dir / "x.json", {"a": 1})
 
 
 def _file_size_limit(limit: int):

@@ -1,7 +1,8 @@
 """kill -9 in the middle of `vlm-swap train`, then --resume: same final step, loss and adapter.
 
 The fault injected is SIGKILL of the training process right after a stage-1 checkpoint is
-complete (the process may be writing the next one when it dies).
+complete (the process may be writing the next one when it dies). While it runs, a second process
+on its run directory is refused (the run directory's lock); the lock dies with the killed process.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 from safetensors.torch import load_file
 
 import vlm_swap
+from vlm_swap.train.lock import LOCK_NAME
 from vlm_swap.zoo.world import write_dataset
 
 from .helpers import cli_command
@@ -52,6 +54,24 @@ def _train(model, data, out, *extra):
     return cmd, env
 
 
+def _a_second_process_is_refused(proc, up, data, run):
+    """While ``proc`` trains in ``run`` (held still with SIGSTOP), a second --resume fails naming its PID."""
+    lock = run / LOCK_NAME
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not (lock.is_file() and lock.read_text().strip()):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        assert lock.read_text().split()[0] == str(proc.pid)
+        cmd, env = _train(up, data, run, "--resume")
+        second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    assert second.returncode != 0 and "Traceback" not in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+    assert f"in use by process {proc.pid}" in second.stderr
+
+
 @pytest.mark.slow
 def test_kill_then_resume_matches_an_uninterrupted_run(tmp_path, llava, perceiver):
     up = vlm_swap.upgrade(str(llava()), f"perceiver:{perceiver()}", tmp_path / "up")
@@ -63,6 +83,7 @@ def test_kill_then_resume_matches_an_uninterrupted_run(tmp_path, llava, perceive
 
     cmd, env = _train(up, data, tmp_path / "killed")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    _a_second_process_is_refused(proc, up, data, tmp_path / "killed")
     marker = tmp_path / "killed" / "stage-1-align" / "checkpoint-6" / "trainer_state.json"
     deadline = time.time() + 300
     while not marker.is_file() and proc.poll() is None and time.time() < deadline:
@@ -75,9 +96,13 @@ def test_kill_then_resume_matches_an_uninterrupted_run(tmp_path, llava, perceive
     for ckpt in (tmp_path / "killed" / "stage-1-align").glob("checkpoint-*"):
         assert all((ckpt / f).is_file() for f in ("trainer_state.json", "optimizer.pt", "scheduler.pt")), ckpt
 
+    lock = tmp_path / "killed" / LOCK_NAME  # left by the killed run; its lock died with it
+    assert lock.read_text().split()[0] == str(proc.pid)
+
     cmd, env = _train(up, data, tmp_path / "killed", "--resume")
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert not lock.exists()  # a run that ends removes its lock file
 
     assert not list((tmp_path / "killed").rglob(".checkpoint-*.tmp"))  # the resumed run replaced the temporary
     full = json.loads((tmp_path / "full" / "run.json").read_text())

@@ -2,7 +2,8 @@
 
 Faults injected: checkpoints whose weights exist only as pickle files; a pickle that runs code when
 unpickled (it creates a marker file) as model weights and as a resumed checkpoint's optimizer / RNG
-state; a checkpoint whose config asks to run its own Python code; a revision given for a local path.
+state; a checkpoint whose config asks to run its own Python code; a revision given for a local path;
+a shard index that names files outside its checkpoint; a FIFO where a weight file should be.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import builtins
 import json
 import os
 import shutil
+import signal
 import subprocess
 
 import pytest
@@ -192,3 +194,37 @@ def test_revision_pins_a_hub_snapshot_and_is_refused_for_a_local_path(tmp_path, 
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((out / "vlm_swap.json").read_text())["llm_family"] == "qwen2"
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "../outside.safetensors"])
+def test_a_shard_index_naming_files_outside_the_checkpoint_is_refused(tmp_path, llava, vit, name):
+    src = tmp_path / "src"
+    shutil.copytree(llava(), src)
+    (src / "model.safetensors").rename(src / "model-00001-of-00001.safetensors")
+    (tmp_path / "outside.safetensors").write_bytes((src / "model-00001-of-00001.safetensors").read_bytes())
+    index = {"weight_map": {"lm_head.weight": "model-00001-of-00001.safetensors", "x": name}}
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["upgrade", str(src), "-e", f"hf-vit:{vit()}", "-o", str(out)])
+    clean_failure(result, f"names {name!r}, a file outside")
+    assert "--allow-pickle" not in result.output and not out.exists()
+
+
+def test_a_fifo_named_model_safetensors_is_refused_not_read(tmp_path, llava, vit):
+    src = tmp_path / "src"
+    shutil.copytree(llava(), src)
+    (src / "model.safetensors").unlink()
+    os.mkfifo(src / "model.safetensors")
+
+    def hung(*_):
+        raise TimeoutError("upgrade blocked reading the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(120)
+    try:
+        result = runner.invoke(app, ["upgrade", str(src), "-e", f"hf-vit:{vit()}", "-o", str(tmp_path / "o")])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    clean_failure(result, "model.safetensors is not a regular file")
+    assert not (tmp_path / "o").exists()

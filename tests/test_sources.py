@@ -276,5 +276,6 @@ def test_published_configs_give_the_published_llm(tmp_path, raw, source_id, text
 
 def test_build_refuses_an_original_llava_checkpoint(tmp_path, llava_original, vit):
     """Its config looks like a bare Llama once read, but it is a VLM: `build` says so in one line."""
-    with pytest.raises(VlmSwapError, match="is a VLM \\(LlavaLlamaForCausalLM\\); use `vlm-swap upgrade`"):
+    refusal = "is a VLM \\(LlavaLlamaForCausalLM\\), not a bare LLM; use `vlm-swap upgrade`"
+    with pytest.raises(VlmSwapError, match=refusal):
         vlm_swap.build(str(llava_original("llama2")), f"hf-vit:{vit('clip')}", tmp_path / "out")

@@ -17,6 +17,7 @@ from transformers import AutoModelForImageTextToText
 
 import vlm_swap
 from vlm_swap.connectors import CONNECTORS
+from vlm_swap.train.lock import hold_lock
 from vlm_swap.train.plan import expected_lora_params
 from vlm_swap.train.recipe import load_recipe
 from vlm_swap.train.run import train
@@ -135,6 +136,36 @@ def test_frozen_parts_stay_bit_identical(setup, tmp_path):
     assert model.config.model_type == "swap_vlm"
 
 
+def test_wsd_decays_over_the_steps_of_its_epochs(setup, tmp_path):
+    """A WSD stage given in epochs decays over the steps those epochs take, as the same stage given in steps."""
+    _, up, data = setup  # 24 rows, batch 4: 6 steps per epoch
+    stage = {"name": "align", "connector": {"mode": "full"}, "scheduler": "wsd", "warmup_ratio": 0.0}
+    stage |= {"decay_ratio": 0.5, "batch_size": 4, "precision": "fp32", "max_length": 256, "logging_steps": 1}
+    rates = {}
+    for length in ({"epochs": 1.0}, {"steps": 6}):
+        recipe = tmp_path / f"{next(iter(length))}.yaml"
+        recipe.write_text(yaml.safe_dump({"name": "wsd", "stages": [{**stage, **length}]}))
+        run = train(str(recipe), up, data, tmp_path / recipe.stem, images=data.parent, progress=False)
+        history = json.loads((run / "stage-1-align" / "final" / "log_history.json").read_text())
+        rates[recipe.stem] = [e["learning_rate"] for e in history if "learning_rate" in e]
+    assert rates["epochs"] == rates["steps"]
+    assert len(rates["epochs"]) == 6 and rates["epochs"][:3] == [1e-3] * 3 and rates["epochs"][-1] < 1e-3 / 2
+
+
+def test_progress_is_printed_from_the_first_step_when_the_output_is_not_a_terminal(setup, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    _, up, data = setup
+    buf = io.StringIO()
+    overrides = ["stages.align.steps=3", "stages.lora.steps=2", "stages.align.logging_steps=100"]
+    train("tiny-cpu", up, data, tmp_path / "run", images=data.parent, overrides=overrides, console=Console(file=buf))
+    lines = buf.getvalue().splitlines()
+    assert "stage 1/2 align: step 1/3  loss " in "\n".join(lines) and "stage 2/2 lora: step 2/2" in "\n".join(lines)
+    assert "nan" not in buf.getvalue()
+
+
 def test_resume_reaches_the_same_step_and_loss(setup, lora_run, tmp_path):
     """Cut the run back to its state right after stage 2 saved checkpoint-3, then --resume."""
     _, up, data = setup
@@ -193,6 +224,11 @@ def test_torchrun_two_processes_write_the_same_adapter_format(setup, tmp_path):
         str(run),
     ] + [a for o in FAST for a in ("--set", o)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    with hold_lock(run):  # rank 0 is refused the run directory, and rank 1 with it
+        refused = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert refused.returncode != 0  # (torchrun adds its own report of the failed workers)
+    assert refused.stderr.count(f"in use by process {os.getpid()}") == 2, refused.stderr[-3000:]
+    assert not run.exists()  # nothing written
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     adapter = load_file(str(run / "adapter_model.safetensors"))

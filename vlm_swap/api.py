@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from .encoders.loading import load_pretrained, resolve_source, weight_files
+from .encoders.loading import checked_weight_files, load_pretrained, resolve_source
 from .errors import VlmSwapError
 from .io import read_json
 from .modeling import SwapVLMForConditionalGeneration, SwapVLMProcessor
@@ -34,7 +34,7 @@ def load(
         base = read_json(adapter).get("base_model_name_or_path")
         if not base:
             raise VlmSwapError(f"{adapter} does not name its base model")
-        weight_files(Path(path), allow_pickle=allow_pickle)  # a pickle-only adapter: refused naming --allow-pickle
+        checked_weight_files(Path(path), allow_pickle=allow_pickle)  # pickle-only: refused; truncated: one line
         model, processor = load(
             base, dtype=dtype, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
         )

@@ -20,20 +20,53 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperCommand
 
 from .errors import VlmSwapError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0].strip("`. "))
+app = typer.Typer(add_completion=False, no_args_is_help=True)  # its help is _main's docstring
+
+
+class _Command(TyperCommand):
+    """Usage lines name the arguments as click does (``vlm-swap upgrade [OPTIONS] SOURCE``), without braces."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return [piece.strip("{}") for piece in super().collect_usage_pieces(ctx)]
+
+
+def command(*args, **kwargs):
+    """``app.command`` with the usage lines of ``_Command``."""
+    return app.command(*args, cls=_Command, **kwargs)
+
+
 out = Console()
 err = Console(stderr=True)
 _state = {"debug": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"vlm-swap {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug/--no-debug", help="Show tracebacks on errors.")) -> None:
+def _main(
+    debug: bool = typer.Option(False, "--debug/--no-debug", help="Show tracebacks on errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """Upgrade LLaVA-style VLMs: swap the vision side for a small-VLM perceiver or a ViT, keep the LLM."""
+    from .threads import use_cpu_threads
+
     _state["debug"] = debug
     _quiet_libraries()
+    threads = use_cpu_threads()  # torch's default oversubscribes a shared machine
+    if debug:
+        err.print(f"torch CPU threads: {threads}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _quiet_libraries() -> None:
@@ -46,8 +79,9 @@ def _quiet_libraries() -> None:
 
 
 @contextlib.contextmanager
-def user_errors():
-    """Turn user-caused errors into one line on stderr and a non-zero exit."""
+def user_errors(on_interrupt=lambda: "interrupted; outputs left as they were"):
+    """Turn user-caused errors into one line on stderr and a non-zero exit; ``on_interrupt()`` gives the line
+    printed on Ctrl-C (what the user can do next)."""
     try:
         yield
     except VlmSwapError as exc:
@@ -60,11 +94,16 @@ def user_errors():
         if _state["debug"]:
             raise
         where = f" ({exc.filename})" if exc.filename else ""
-        err.print(f"[bold red]error:[/] {exc.strerror or exc}{where}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(f'{exc.strerror or exc}{where}')}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        err.print("interrupted; outputs left as they were")
+        err.print(escape(on_interrupt()), highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
+
+
+def _written(what: str, path: Path, extra: str = "") -> None:
+    """``what PATH``: the path as typed (never read as markup) on one line, so it can be copied."""
+    out.print(f"{what} [bold]{escape(str(path))}[/]{escape(extra)}", soft_wrap=True)
 
 
 def _print_json(data) -> None:
@@ -87,9 +126,11 @@ class DType(str, Enum):
     float16 = "float16"
 
 
-@app.command("inspect")
+@command("inspect")
 def inspect_cmd(
-    source: str = typer.Argument(..., help="A VLM: local dir (a config.json alone is enough), hub id or catalog id."),
+    source: str = typer.Argument(
+        ..., metavar="SOURCE", help="A VLM: local dir (a config.json alone is enough), hub id or catalog id."
+    ),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print JSON for scripts."),
     trust_remote_code: bool = typer.Option(
         False, "--trust-remote-code/--no-trust-remote-code", help="Allow model code from the checkpoint."
@@ -104,15 +145,17 @@ def inspect_cmd(
     if as_json:
         _print_json(report)
         return
-    out.print(f"[bold]{report['architecture']}[/] ({report['source_kind']}) at {report['path']}  [{report['weights']}]")
+    where = escape(f"({report['source_kind']}) at {report['path']}  [{report['weights']}]")
+    out.print(f"[bold]{escape(report['architecture'])}[/] {where}", soft_wrap=True)
     table = Table("part", "type", "params", "details")
     for name, part in report["parts"].items():
         details = ", ".join(f"{k}={v}" for k, v in part.items() if k not in ("type", "params") and v is not None)
-        table.add_row(name, str(part["type"]), f"{part['params']:,}", details)
+        table.add_row(name, escape(str(part["type"])), f"{part['params']:,}", escape(details))
     out.print(table)
     out.print(
         f"image token: {report['image_token']!r} (id {report['image_token_id']}), "
-        f"tokens per image: {report['tokens_per_image']}, total params: {report['total_params']:,}"
+        f"tokens per image: {report['tokens_per_image']}, total params: {report['total_params']:,}",
+        markup=False,
     )
 
 
@@ -144,6 +187,12 @@ AbsolutePathsOpt = Annotated[
         help="Let image paths in the data resolve outside --images (absolute paths, '..').",
     ),
 ]
+SkipBadRowsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-bad-rows/--fail-on-bad-rows", help="Skip malformed rows (reported by line) instead of stopping."
+    ),
+]
 RevisionOpt = Annotated[str, typer.Option("--revision", help="Hub source: branch, tag or commit to pin.")]
 EncoderRevisionOpt = Annotated[
     str, typer.Option("--encoder-revision", help="Hub encoder source: branch, tag or commit to pin.")
@@ -152,7 +201,7 @@ EncoderRevisionOpt = Annotated[
 
 def _warn_remote_code(trust_remote_code: bool, *revisions: str | None) -> None:
     if trust_remote_code:
-        pinned = "pinned to " + ", ".join(r for r in revisions if r) if any(revisions) else "unpinned"
+        pinned = escape("pinned to " + ", ".join(r for r in revisions if r) if any(revisions) else "unpinned")
         err.print(
             f"[yellow]warning:[/] --trust-remote-code runs Python code shipped with the checkpoint ({pinned}); "
             "pin audited code with --revision COMMIT",
@@ -161,9 +210,9 @@ def _warn_remote_code(trust_remote_code: bool, *revisions: str | None) -> None:
         )
 
 
-@app.command()
+@command()
 def upgrade(
-    source: str = typer.Argument(..., help="The VLM to upgrade: local dir, hub id or catalog id."),
+    source: str = typer.Argument(..., metavar="SOURCE", help="The VLM to upgrade: local dir, hub id or catalog id."),
     encoder: EncoderOpt = ...,
     out_dir: OutOpt = ...,
     connector: ConnectorOpt = None,
@@ -181,10 +230,10 @@ def upgrade(
     loading = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
     loading |= {"revision": revision, "encoder_revision": encoder_revision}
     path = _assemble(run, source, encoder, out_dir, connector, dtype, force, seed, loading)
-    out.print(f"upgraded model written to [bold]{path}[/]")
+    _written("upgraded model written to", path)
 
 
-@app.command()
+@command()
 def build(
     llm: str = typer.Option(..., "--llm", help="A bare causal LM: local dir, hub id or catalog id."),
     encoder: EncoderOpt = ...,
@@ -204,7 +253,7 @@ def build(
     loading = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
     loading |= {"revision": revision, "encoder_revision": encoder_revision}
     path = _assemble(run, llm, encoder, out_dir, connector, dtype, force, seed, loading)
-    out.print(f"model written to [bold]{path}[/]")
+    _written("model written to", path)
 
 
 def _assemble(run, source, encoder, out_dir, connector, dtype, force, seed, loading: dict) -> Path:
@@ -224,9 +273,9 @@ def _assemble(run, source, encoder, out_dir, connector, dtype, force, seed, load
         )
 
 
-@app.command("list")
+@command("list")
 def list_cmd(
-    what: Listing = typer.Argument(..., help="What to list."),
+    what: Listing = typer.Argument(..., metavar="WHAT", help="What to list."),
     pattern: str = typer.Option("*", "--filter", help="fnmatch pattern on ids, e.g. 'qwen*'."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print JSON for scripts."),
 ) -> None:
@@ -238,17 +287,23 @@ def list_cmd(
     if as_json:
         _print_json(rows)
         return
-    columns = sorted({k for r in rows.values() for k in r}, key=lambda k: (k != "help", k))
-    table = Table(title=what.value)
+    if not rows:
+        err.print(f"no {what.value} match {pattern!r} (vlm-swap list {what.value} lists them all)", markup=False)
+        raise typer.Exit(1)
+    fields = sorted({k for r in rows.values() for k in r}, key=lambda k: (k != "help", k))
+    # a nested value (a catalog entry's architecture) would fill a column with dozens of lines: --json has it
+    columns = [c for c in fields if not any(isinstance(r.get(c), (dict, list)) for r in rows.values())]
+    nested = [c for c in fields if c not in columns]
+    table = Table(title=what.value, caption=f"{', '.join(nested)}: with --json" if nested else None)
     table.add_column("id", no_wrap=True)
     for c in columns:
-        table.add_column(c, overflow="fold")
+        table.add_column(c.replace("_", " "), overflow="fold")
     for id_, row in rows.items():
-        table.add_row(id_, *(str(row.get(c, "")) for c in columns))
+        table.add_row(escape(id_), *(escape(str(row.get(c, ""))) for c in columns))
     out.print(table)
 
 
-@app.command()
+@command()
 def pairs(
     encoder: str = typer.Option(None, "--encoder", help="Catalog id of a perceiver or ViT (default: all)."),
     llm: str = typer.Option(None, "--llm", help="Catalog id of an LLM (default: all)."),
@@ -272,16 +327,18 @@ def pairs(
             if c["status"] != "ok" or c["name"] in ("text family", "token budget")
         )
         encoder = f"{r['encoder']} (recommended)" if r.get("recommended") else r["encoder"]
-        table.add_row(encoder, r["llm"], f"[{colour[r['verdict']]}]{r['verdict']}[/]", reasons)
+        table.add_row(escape(encoder), escape(r["llm"]), f"[{colour[r['verdict']]}]{r['verdict']}[/]", escape(reasons))
     out.print(table)
     for r in rows:
         if r.get("recommended"):
-            out.print(f"recommended perceiver for {r['llm']}: {r['encoder']} ({r['why']})", highlight=False)
+            out.print(
+                f"recommended perceiver for {r['llm']}: {r['encoder']} ({r['why']})", highlight=False, markup=False
+            )
 
 
-@app.command()
+@command()
 def generate(
-    model: str = typer.Argument(..., help="An upgraded model directory."),
+    model: str = typer.Argument(..., metavar="MODEL", help="An upgraded model directory."),
     image: list[Path] = typer.Option(..., "--image", help="Image file (repeat for several images)."),
     prompt: str = typer.Option(..., "--prompt", help="The question or instruction."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Most tokens to generate."),
@@ -299,27 +356,33 @@ def generate(
     out.print()
 
 
-@app.command()
+@command()
 def train(
-    recipe: str = typer.Argument(..., help="A shipped recipe name (vlm-swap list recipes) or a YAML file."),
+    recipe: str = typer.Argument(
+        ..., metavar="RECIPE", help="A shipped recipe name (vlm-swap list recipes) or a YAML file."
+    ),
     model: str = typer.Option(..., "--model", help="The upgraded model directory to fine-tune."),
     data: Path = typer.Option(..., "--data", help="LLaVA JSON/JSONL or messages JSONL."),
     images: Path = typer.Option(None, "--images", help="Folder the data's image paths are relative to."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Run directory (checkpoints, adapter, loss.png)."),
     resume: bool = typer.Option(False, "--resume/--no-resume", help="Continue from the newest complete checkpoint."),
     overrides: list[str] = typer.Option([], "--set", help="Override a recipe field: key.path=value (repeatable)."),
-    skip_bad_rows: bool = typer.Option(
-        False, "--skip-bad-rows/--fail-on-bad-rows", help="Skip malformed rows (reported by line) instead of stopping."
-    ),
+    skip_bad_rows: SkipBadRowsOpt = False,
     max_images: int = typer.Option(1, "--max-images", min=1, help="Most images allowed in one sample."),
     report_to: str = typer.Option("none", "--report-to", help="Trainer loggers: none, tensorboard, wandb, ..."),
     allow_pickle: PickleOpt = False,
     allow_absolute_paths: AbsolutePathsOpt = False,
 ) -> None:
     """Fine-tune the connector (then LoRA) of an upgraded model with a recipe, on the HF Trainer."""
+    from .train.run import RECIPE_NAME
     from .train.run import train as run
 
-    with user_errors():
+    def on_interrupt() -> str:
+        if (out_dir / RECIPE_NAME).is_file():
+            return "interrupted; continue from the newest complete checkpoint: the same command with --resume"
+        return "interrupted before the run started; nothing was written"
+
+    with user_errors(on_interrupt):
         path = run(
             recipe,
             model,
@@ -335,12 +398,14 @@ def train(
             allow_pickle=allow_pickle,
             allow_absolute_paths=allow_absolute_paths,
         )
-    out.print(f"run written to [bold]{path}[/] (loss curve: {path / 'loss.png'})")
+    _written("run written to", path, f" (loss curve: {path / 'loss.png'})")
 
 
-@app.command("eval")
+@command("eval")
 def eval_cmd(
-    model: str = typer.Argument(..., help="An upgraded model, a training run, or any image-text model."),
+    model: str = typer.Argument(
+        ..., metavar="MODEL", help="An upgraded model, a training run, or any image-text model."
+    ),
     data: Path = typer.Option(None, "--data", help="Image questions (LLaVA JSON/JSONL or messages JSONL)."),
     images: Path = typer.Option(None, "--images", help="Folder the data's image paths are relative to."),
     text_data: Path = typer.Option(None, "--text-data", help="Text-only rows: perplexity of their answers."),
@@ -348,6 +413,7 @@ def eval_cmd(
     limit: int = typer.Option(None, "--limit", min=1, help="Score at most N rows of each file."),
     report: Path = typer.Option(None, "--out", "-o", help="Write the scores as JSON to this file."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print JSON instead of a table."),
+    skip_bad_rows: SkipBadRowsOpt = False,
     allow_pickle: PickleOpt = False,
     allow_absolute_paths: AbsolutePathsOpt = False,
 ) -> None:
@@ -368,6 +434,7 @@ def eval_cmd(
             progress=not as_json,
             allow_pickle=allow_pickle,
             allow_absolute_paths=allow_absolute_paths,
+            on_bad_rows="skip" if skip_bad_rows else "fail",
         )
     if as_json:
         _print_json(result)
@@ -386,7 +453,7 @@ def _print_scores(result: dict) -> None:
     out.print(table)
 
 
-@app.command()
+@command()
 def compare(
     source: str = typer.Argument(None, help="The VLM every arm is upgraded from (not with --embedded)."),
     arms: list[str] = typer.Option([], "--arm", help="An encoder spec KIND:SOURCE to upgrade with (repeat per arm)."),
@@ -438,12 +505,12 @@ def compare(
                 lmms_tasks=tasks,
             )
     if report:  # the main process (the others only train)
-        out.print(f"report written to [bold]{out_dir / 'report.md'}[/] (also report.json, compare.png)")
+        _written("report written to", out_dir / "report.md", " (also report.json, compare.png)")
 
 
-@app.command()
+@command()
 def merge(
-    run: Path = typer.Argument(..., help="A run directory holding a LoRA adapter."),
+    run: Path = typer.Argument(..., metavar="RUN", help="A run directory holding a LoRA adapter."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Where to write the merged model."),
     force: bool = typer.Option(False, "--force/--no-force", help="Replace a non-empty --out."),
     allow_pickle: PickleOpt = False,
@@ -453,7 +520,7 @@ def merge(
 
     with user_errors():
         path = run_merge(run, out_dir, force=force, allow_pickle=allow_pickle)
-    out.print(f"merged model written to [bold]{path}[/]")
+    _written("merged model written to", path)
 
 
 class ExportFormat(str, Enum):
@@ -461,9 +528,9 @@ class ExportFormat(str, Enum):
     remote_code = "remote-code"
 
 
-@app.command()
+@command()
 def export(
-    model: Path = typer.Argument(..., help="An upgraded model directory (merge a LoRA run first)."),
+    model: Path = typer.Argument(..., metavar="MODEL", help="An upgraded model directory (merge a LoRA run first)."),
     fmt: ExportFormat = typer.Option(..., "--format", help="llava: native llava-hf; remote-code: any encoder."),
     out_dir: OutOpt = ...,
     force: ForceOpt = False,
@@ -473,10 +540,10 @@ def export(
 
     with user_errors():
         path = run_export(model, fmt.value, out_dir, force=force)
-    out.print(f"{fmt.value} export written to [bold]{path}[/]")
+    _written(f"{fmt.value} export written to", path)
 
 
-@app.command()
+@command()
 def demo(
     out_dir: Path = typer.Option(Path("vlm-swap-demo"), "--out", "-o", help="Where the demo writes its models."),
 ) -> None:

@@ -42,7 +42,7 @@ def run_demo(out_dir: Path, console: Console) -> dict:
 
     console.rule("[bold]1. embedded models")
     models = zoo.build_default(out_dir / "zoo")
-    console.print(f"existing VLM: {models['source']}\nperceiver:    {models['perceiver']}")
+    console.print(f"existing VLM: {models['source']}\nperceiver:    {models['perceiver']}", markup=False)
 
     console.rule("[bold]2. inspect the existing VLM")
     report = inspect_source(str(models["source"]))
@@ -56,14 +56,14 @@ def run_demo(out_dir: Path, console: Console) -> dict:
     console.rule("[bold]3. check the pair")
     checks = prepare(str(models["source"]), f"perceiver:{models['perceiver']}").checks
     for c in checks:
-        console.print(f"  {c.status:4}  {c.name}: {c.reason}")
+        console.print(f"  {c.status:4}  {c.name}: {c.reason}", markup=False)
     console.print(f"verdict: {verdict(checks)}")
 
     console.rule("[bold]4. upgrade")
     t = time.perf_counter()
     upgraded = upgrade(str(models["source"]), f"perceiver:{models['perceiver']}", out_dir / "upgraded", force=True)
     timings["upgrade_s"] = time.perf_counter() - t
-    console.print(f"upgraded model: {upgraded} ({timings['upgrade_s']:.1f}s)")
+    console.print(f"upgraded model: {upgraded} ({timings['upgrade_s']:.1f}s)", markup=False)
 
     console.rule("[bold]5. evaluate before alignment")
     data = zoo.write_dataset(out_dir / "data" / "train", TRAIN_SCENES, seed=1)
@@ -104,6 +104,7 @@ def run_demo(out_dir: Path, console: Console) -> dict:
         f"image: {image_path} ({scene.caption()})\nprompt: {question}\nanswer: {answer.strip()!r} "
         f"(expected {expected!r})",
         highlight=False,
+        markup=False,  # the paths are the user's, the answer the model's: neither is markup
     )
     timings["total_s"] = time.perf_counter() - t0
     summary = {
@@ -121,7 +122,8 @@ def run_demo(out_dir: Path, console: Console) -> dict:
     }
     write_json(out_dir / MARKER, summary)
     console.print(
-        f"done in {timings['total_s']:.0f}s; report in {out_dir / MARKER}, loss curve in {out_dir / 'loss.png'}"
+        f"done in {timings['total_s']:.0f}s; report in {out_dir / MARKER}, loss curve in {out_dir / 'loss.png'}",
+        markup=False,
     )
     console.print(
         "next: `vlm-swap compare --embedded` runs the A/B experiment on these models: the perceiver arm against "

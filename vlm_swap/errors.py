@@ -6,6 +6,9 @@ that escapes is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 
 class VlmSwapError(Exception):
     """An error caused by the user's input or environment, with a one-line message."""
@@ -17,3 +20,22 @@ class NotImplementedYet(VlmSwapError):
     """A feature that is planned but not implemented; says so instead of guessing."""
 
     exit_code = 3
+
+
+def started_as_the_command() -> bool:
+    """True in a ``vlm-swap`` process (the console script, or ``python -m vlm_swap.cli`` as torchrun runs it)."""
+    return sys.argv[0].rsplit("/", 1)[-1] == "vlm-swap" or "vlm_swap.cli" in getattr(sys, "orig_argv", ())
+
+
+@contextlib.contextmanager
+def quiet_interrupt_while_starting():
+    """Ctrl-C while the ``vlm-swap`` command imports its libraries (seconds, before any command runs) ends it
+    with one line and exit status 130, not a traceback of the import machinery. A program that imports
+    vlm_swap gets its KeyboardInterrupt as usual."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not started_as_the_command():
+            raise
+        sys.stderr.write("interrupted while starting; nothing was done\n")
+        raise SystemExit(130) from None

@@ -141,12 +141,16 @@ def score(
     label: str = "eval",
     allow_absolute_paths: bool = False,
     per_row: bool = False,
+    on_bad_rows: str = "fail",
 ) -> dict[str, Any]:
-    """All scores of one model on the given data (``per_row``: with every row's 0/1 outcome)."""
+    """All scores of one model on the given data (``per_row``: with every row's 0/1 outcome;
+    ``on_bad_rows="skip"``: the valid rows are scored)."""
     encoder = Encoder(processor, 4096, empty_think)
     result: dict[str, Any] = {}
     if data is not None:
-        samples, report = load_dataset(data, images, encoder, max_images=8, allow_absolute_paths=allow_absolute_paths)
+        samples, report = load_dataset(
+            data, images, encoder, max_images=8, on_bad_rows=on_bad_rows, allow_absolute_paths=allow_absolute_paths
+        )
         samples = list(samples[:limit] if limit else samples)
         mc = [(s, s.options) for s in samples if s.options]
         open_ended = [s for s in samples if not s.options]
@@ -157,7 +161,7 @@ def score(
             if not open_ended:
                 result["accuracy"] = result["choice"]["accuracy"]
     if text_data is not None:
-        samples, _ = load_dataset(text_data, None, encoder, max_images=0)
+        samples, _ = load_dataset(text_data, None, encoder, max_images=0, on_bad_rows=on_bad_rows)
         samples = list(samples[:limit] if limit else samples)
         result["text"] = {
             **qa_accuracy(model, processor, samples, progress=progress, label=f"{label} (text)", per_row=per_row),
@@ -185,9 +189,10 @@ REPORT_KEYS = {"model", "baseline"}
 def check_report_path(report: Path, inputs: tuple) -> None:
     """Refuse a report path that is (or lies inside) an input, and an existing file that is not a
     previous ``vlm-swap eval`` report (a JSON object with only ``model`` / ``baseline`` entries)."""
-    from .io import check_not_an_input
+    from .io import check_not_an_input, check_writable_parent
 
     check_not_an_input(report, inputs)
+    check_writable_parent(report)  # before minutes of scoring, not after
     if report.is_dir():
         raise VlmSwapError(f"--out {report} is a directory; name a JSON file")
     if report.exists():
@@ -211,6 +216,7 @@ def evaluate(
     progress: bool = False,
     allow_pickle: bool = False,
     allow_absolute_paths: bool = False,
+    on_bad_rows: str = "fail",
 ) -> dict[str, Any]:
     """Score ``model`` (and ``baseline``) on the same data; write ``report`` as JSON when given."""
     from .api import load_any
@@ -235,9 +241,11 @@ def evaluate(
                 progress=progress,
                 label=name,
                 allow_absolute_paths=allow_absolute_paths,
+                on_bad_rows=on_bad_rows,
             ),  # fmt: skip
         }
         del m
     if report is not None:
+        Path(report).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(report), result)
     return result

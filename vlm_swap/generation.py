@@ -35,6 +35,9 @@ def generate_answer(
     pictures = [load_image(p) for p in images]
     if model is None:
         model, processor = load(model_dir, allow_pickle=allow_pickle)
+    typed = [t for t in (processor.image_token, processor.image_start, processor.image_end) if t and t in prompt]
+    if typed:  # the processor would count it as an image of its own
+        raise VlmSwapError(f"the prompt contains {typed[0]!r}, the model's image placeholder; pass images with --image")
     text = build_prompt(processor, prompt, len(pictures))
     try:
         inputs = processor(images=pictures, text=text, add_special_tokens=False, return_tensors="pt")

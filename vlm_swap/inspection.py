@@ -139,9 +139,10 @@ def _token_string(path, token_id: int | None, trust_remote_code: bool = False) -
         return None
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-        return tokenizer.convert_ids_to_tokens(int(token_id))
     except (OSError, ValueError):
         return None
+    known = type(token_id) is int and 0 <= token_id < len(tokenizer)  # a config may name an id it lacks
+    return tokenizer.convert_ids_to_tokens(token_id) if known else None
 
 
 def inspect_encoder_entry(entry) -> dict[str, Any]:

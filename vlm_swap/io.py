@@ -101,6 +101,18 @@ def check_not_an_input(out: Path, inputs: Iterable[str | Path | None] = ()) -> N
         raise VlmSwapError(f"output {out} {relation} the current directory; choose another --out")
 
 
+def check_writable_parent(out: Path) -> None:
+    """Refuse an output (file or directory) whose parent cannot be created or written, before any work."""
+    out = Path(out).expanduser().absolute()
+    ancestor = next(p for p in (out.parent, *out.parent.parents) if os.path.lexists(p))
+    if not ancestor.is_dir():
+        raise VlmSwapError(f"cannot write to {out.parent}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(ancestor).f_flag & os.ST_RDONLY)
+        why = "a read-only file system" if read_only else "permission denied"
+        raise VlmSwapError(f"cannot write to {out.parent}: {why} ({ancestor})")
+
+
 def check_output_dir(out: Path, force: bool, inputs: Iterable[str | Path | None] = (), *, ours: bool = False) -> None:
     """Refuse an output that would destroy an input (``check_not_an_input``), a non-empty output
     directory unless ``force``, and, even with ``force``, a directory that vlm-swap did not write
@@ -111,11 +123,7 @@ def check_output_dir(out: Path, force: bool, inputs: Iterable[str | Path | None]
     the previous output even when a kill interrupted its replacement."""
     out = Path(out).expanduser().absolute()
     check_not_an_input(out, inputs)
-    ancestor = next(p for p in (out.parent, *out.parent.parents) if os.path.lexists(p))
-    if not ancestor.is_dir():
-        raise VlmSwapError(f"cannot write to {out.parent}: {ancestor} is not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise VlmSwapError(f"cannot write to {out.parent}: permission denied on {ancestor}")
+    check_writable_parent(out)
     clean_stale_temporaries(out)
     if out.exists() and not out.is_dir():
         raise VlmSwapError(f"output {out} exists and is not a directory")
@@ -478,7 +486,8 @@ def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
         write(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only file system even this fails: report the write
+            tmp.unlink(missing_ok=True)
         failure = write_failure(exc, path)
         if failure is not None:
             raise failure from exc

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from importlib import metadata
 from typing import Generic, TypeVar
 
@@ -51,10 +51,15 @@ class Registry(Generic[T]):
         try:
             return self._entries[id]
         except KeyError:
-            close = difflib.get_close_matches(id, list(self._entries), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
             known = ", ".join(sorted(self._entries)) or "none"
-            raise UnknownIdError(f"unknown {self.what} {id!r}{hint} (known: {known})") from None
+            raise UnknownIdError(
+                f"unknown {self.what} {id!r}{did_you_mean(id, self._entries)} (known: {known})"
+            ) from None
+
+    def close_ids(self, id: str) -> list[str]:
+        """The registered ids closest to ``id`` (for a "did you mean" where ``id`` failed as something else)."""
+        load_plugins()
+        return close_matches(id, self._entries)
 
     def __contains__(self, id: object) -> bool:
         load_plugins()
@@ -70,6 +75,17 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def close_matches(word: str, choices: Iterable[str]) -> list[str]:
+    """Up to three of ``choices`` that look like ``word``, closest first."""
+    return difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``"; did you mean a, b?"`` for the choices close to ``word``, else ``""``."""
+    close = close_matches(word, choices)
+    return f"; did you mean {', '.join(close)}?" if close else ""
 
 
 def load_plugins() -> None:

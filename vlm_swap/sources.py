@@ -284,7 +284,7 @@ def open_source(
     if bare_llm:
         vlm = getattr(config, "text_config", None) is not None or getattr(config, "vision_config", None) is not None
         if vlm or any(spec.llm_config.flat and spec.matches(config) for _, spec in SOURCES.items()):
-            raise VlmSwapError(f"{source} is a VLM ({describe(config)}); use `vlm-swap upgrade` for VLMs")
+            raise VlmSwapError(f"{source} is a VLM ({describe(config)}), not a bare LLM; {_what_to_do_with(config)}")
         adapter = CAUSAL_LM
     else:
         adapter = detect_adapter(config)
@@ -293,6 +293,20 @@ def open_source(
     if files:
         src.check_parts()
     return src
+
+
+def _what_to_do_with(config: PreTrainedConfig) -> str:
+    """What a VLM given to ``build`` can be used for: a source of ``upgrade``, a perceiver, or neither."""
+    from .encoders.perceiver import PERCEIVER_FAMILIES
+
+    if any(spec.matches(config) for _, spec in SOURCES.items()):
+        return "use `vlm-swap upgrade` for VLMs"
+    if config.model_type in PERCEIVER_FAMILIES:
+        return (
+            "upgrade does not take this layout as a source, but it can be the encoder: "
+            "`vlm-swap build --llm LLM --encoder perceiver:PATH` or `vlm-swap upgrade SRC --encoder perceiver:PATH`"
+        )
+    return f"neither build nor upgrade takes it (upgrade's sources: {', '.join(SOURCES.ids())})"
 
 
 def describe(config: Any) -> str:

@@ -61,7 +61,15 @@ class TokenPlan:
 def plan_tokens(tokenizer, family: LLMFamily, image_token_id: int | None, boundaries: bool) -> TokenPlan:
     """Add the placeholder (and pad) tokens the target lacks to ``tokenizer``; say what was done."""
     vocab = tokenizer.get_vocab()
-    image_token = tokenizer.convert_ids_to_tokens(image_token_id) if image_token_id is not None else family.image_token
+    image_token = family.image_token
+    if image_token_id is not None:
+        known = type(image_token_id) is int and 0 <= image_token_id < len(tokenizer)
+        image_token = tokenizer.convert_ids_to_tokens(image_token_id) if known else None
+        if image_token is None:
+            raise VlmSwapError(
+                f"the source's config names image token id {image_token_id!r}, which its tokenizer does not have "
+                f"({len(tokenizer)} tokens): config/tokenizer mismatch"
+            )
     start, end = (family.vision_start, family.vision_end) if boundaries else ("", "")
     added = [t for t in dict.fromkeys((start, image_token, end)) if t and t not in vocab]
     pad = None
@@ -219,6 +227,8 @@ def _assemble(
     out = Path(out)
     if dtype not in DTYPES:
         raise VlmSwapError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    if not 0 <= seed < 2**64:  # what torch.manual_seed takes
+        raise VlmSwapError(f"--seed must be in [0, 2**64 - 1], not {seed}")
     inputs = (source, encoder.partition(":")[2])
     check_output_dir(out, force, inputs)
     o = open_inputs(

@@ -11,6 +11,7 @@ anything but tensors and plain containers. A weight file is read through a reade
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from transformers import AutoConfig, PreTrainedConfig
 
 from ..errors import VlmSwapError
 from ..io import INDEX_NAME, read_json
+from ..tensor_files import read_safetensors_header
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 PICKLE_INDEX_NAME = "pytorch_model.bin.index.json"
@@ -59,6 +61,7 @@ def resolve_source(
             raise VlmSwapError(f"path not found: {source}")
         if not path.is_dir():
             raise VlmSwapError(f"not a model directory: {source}")
+        refuse_special_files(path.iterdir())  # a FIFO or a device would block the first read forever
         if not (path / marker).is_file():
             raise VlmSwapError(f"no {marker} in {source}: not a checkpoint of the expected kind")
         return str(path.resolve())
@@ -69,8 +72,17 @@ def resolve_source(
     try:
         return snapshot_download(source, revision=revision, allow_patterns=patterns)
     except Exception as exc:  # offline, gated, unknown repo: say which and why, in one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise VlmSwapError(f"cannot fetch {source!r} from the hub (not a local path either): {first}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        if "/" not in source:  # most often a misspelt catalog id
+            close = CATALOG.close_ids(source)
+            hint = f"did you mean {', '.join(close)}?" if close else "vlm-swap list catalog lists them"
+            raise VlmSwapError(
+                f"unknown model {source!r}: not a catalog id ({hint}), not a local path, and the hub could not "
+                f"give it ({first})"
+            ) from exc
+        known = [i for i, e in CATALOG.items() if e.hub_id == source]
+        also = f"; its catalog id {known[0]} gives its facts offline (inspect, pairs)" if known else ""
+        raise VlmSwapError(f"cannot fetch {source!r} from the hub (not a local path either): {first}{also}") from exc
 
 
 def load_config(path: str | Path, trust_remote_code: bool = False) -> PreTrainedConfig:
@@ -99,8 +111,8 @@ def load_pretrained(
 ):
     """``model_cls.from_pretrained`` with safetensors enforced (pickle only with ``allow_pickle``, and then
     with ``weights_only=True``) and errors turned into one line."""
-    if Path(source).is_dir():
-        weight_files(Path(source), allow_pickle=allow_pickle)  # a pickle-only dir: refused naming --allow-pickle
+    if Path(source).is_dir():  # a pickle-only dir: refused naming --allow-pickle; a truncated shard: one line
+        checked_weight_files(Path(source), allow_pickle=allow_pickle)
     try:
         return model_cls.from_pretrained(
             source,
@@ -119,12 +131,32 @@ def load_pretrained(
         raise VlmSwapError(f"could not load {model_cls.__name__} from {source}: {first}") from exc
 
 
-def _indexed(path: Path, index: Path) -> list[Path]:
-    names = sorted(set(read_json(index).get("weight_map", {}).values()))
+def refuse_special_files(paths) -> None:
+    """Refuse a FIFO, socket, device or dangling link where a checkpoint has files: reading one blocks
+    forever or fails far from the cause."""
+    for p in paths:
+        if not (p.is_file() or p.is_dir()):
+            what = "a dangling link" if p.is_symlink() and not p.exists() else "not a regular file (a FIFO or device?)"
+            raise VlmSwapError(f"{p} is {what}; a checkpoint holds regular files")
+
+
+def _indexed(path: Path, index: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """The shards a weight index names: files of ``suffixes`` inside ``path``, nothing else."""
+    data = read_json(index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v for v in weight_map.values()):
+        raise VlmSwapError(f"{index} is not a shard index (its weight_map must map tensor names to file names)")
+    names = sorted(set(weight_map.values()))
+    for name in names:
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise VlmSwapError(f"{index} names {name!r}, a file outside {path}; shards must lie in the checkpoint")
+        if not name.endswith(suffixes):
+            raise VlmSwapError(f"{index} names {name!r}, which is not a {' / '.join(suffixes)} weight file")
     files = [path / n for n in names]
-    missing = [f.name for f in files if not f.is_file()]
+    missing = [f.name for f in files if not os.path.lexists(f)]
     if missing:
         raise VlmSwapError(f"{path}: shards listed in {index.name} are missing: {', '.join(missing)}")
+    refuse_special_files(files)
     return files
 
 
@@ -132,13 +164,15 @@ def weight_files(path: Path, *, required: bool = True, allow_pickle: bool = Fals
     """The weight shards of a checkpoint dir (via the index when there is one): safetensors, or pickle
     files when there are no safetensors and ``allow_pickle`` is given."""
     if (path / INDEX_NAME).is_file():
-        return _indexed(path, path / INDEX_NAME)
+        return _indexed(path, path / INDEX_NAME, (".safetensors",))
     files = sorted(path.glob("*.safetensors"))
+    refuse_special_files(files)
     if files or not required:
         return files
     pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
     if pickles and allow_pickle:
-        return _indexed(path, path / PICKLE_INDEX_NAME) if (path / PICKLE_INDEX_NAME).is_file() else pickles
+        index = path / PICKLE_INDEX_NAME
+        return _indexed(path, index, PICKLE_SUFFIXES) if index.is_file() else pickles
     if pickles:
         raise VlmSwapError(
             f"{path} holds only pickle weights ({', '.join(p.name for p in pickles)}); vlm-swap reads safetensors; "
@@ -146,6 +180,16 @@ def weight_files(path: Path, *, required: bool = True, allow_pickle: bool = Fals
         )
     hint = "; a hub checkpoint with only pickle weights needs --allow-pickle" if not allow_pickle else ""
     raise VlmSwapError(f"no weights (*.safetensors) in {path}{hint}")
+
+
+def checked_weight_files(path: Path, *, allow_pickle: bool = False) -> list[Path]:
+    """``weight_files`` with each safetensors header read and checked against its file's size, so that a
+    truncated or corrupted shard is one line before any work, not an error of the library that reads it."""
+    files = weight_files(path, allow_pickle=allow_pickle)
+    for f in files:
+        if f.suffix == ".safetensors":
+            read_safetensors_header(f)
+    return files
 
 
 # ---- weight readers: keys() / get_tensor(key), whatever the file format ---------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..card import write_model_card
-from ..encoders.loading import resolve_source
+from ..encoders.loading import checked_weight_files, resolve_source
 from ..errors import VlmSwapError
 from ..io import PROVENANCE_NAME, atomic_dir, check_output_dir, read_json, write_json
 from .llava import export_llava
@@ -42,6 +42,7 @@ def export(model: str | Path, fmt: str, out: str | Path, *, force: bool = False)
     model_type = read_json(model_dir / "config.json").get("model_type")
     if model_type != "swap_vlm":
         raise VlmSwapError(f"{model} is a {model_type!r} model, not a vlm-swap upgraded model (swap_vlm)")
+    checked_weight_files(model_dir)  # every shard whole before one is renamed or copied, as upgrade checks them
     with atomic_dir(out, force=force, inputs=(model, model_dir)) as tmp:
         facts = FORMATS[fmt](model_dir, tmp)
         provenance = model_dir / PROVENANCE_NAME

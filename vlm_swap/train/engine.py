@@ -16,6 +16,14 @@ import time
 from pathlib import Path
 
 import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Column
 from torch.distributed.fsdp import FSDPModule
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -23,6 +31,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from ..compat import keep_fsdp_on_cpu
 from ..data import EpochSampler
 from ..errors import VlmSwapError
+from ..registry import did_you_mean
 from .distributed import agree, local
 from .features import FeatureCache
 from .lockstep import DummyImage
@@ -34,15 +43,31 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 SCHEDULER_NAMES = {"cosine": "cosine", "wsd": "warmup_stable_decay", "linear": "linear", "constant": "constant"}
 
 
+def report_to_list(report_to: str | list[str]) -> list[str]:
+    """The Trainer loggers named by ``--report-to`` (comma-separated; ``none``, ``all``), each known to the
+    Trainer and installed, else a one-line error (checked before a run directory is written)."""
+    from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+
+    names = [n.strip() for n in report_to.split(",")] if isinstance(report_to, str) else list(report_to)
+    if names in (["none"], ["all"]):
+        return names
+    installed = get_available_reporting_integrations()
+    for name in names:
+        if name not in INTEGRATION_TO_CALLBACK:
+            known = ", ".join(["none", "all", *INTEGRATION_TO_CALLBACK])
+            raise VlmSwapError(
+                f"--report-to: unknown logger {name!r}{did_you_mean(name, INTEGRATION_TO_CALLBACK)} (known: {known})"
+            )
+        if name not in installed:
+            raise VlmSwapError(f"--report-to {name}: the {name} package is not installed")
+    return names
+
+
 def training_arguments(
-    stage: Stage, stage_dir: Path, *, report_to: str, eval_enabled: bool, workers: int = 0
+    stage: Stage, stage_dir: Path, *, report_to: str | list[str], eval_enabled: bool, workers: int = 0
 ) -> TrainingArguments:
     on_gpu = torch.cuda.is_available()
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"  # set by accelerate launch
-    kwargs = {}
-    if stage.scheduler == "wsd":
-        steps = stage.steps or 0
-        kwargs["lr_scheduler_kwargs"] = {"num_decay_steps": max(1, int(stage.decay_ratio * steps))} if steps else {}
     return TrainingArguments(
         output_dir=str(stage_dir),
         max_steps=stage.steps if stage.steps is not None else -1,
@@ -82,7 +107,6 @@ def training_arguments(
         use_cpu=not on_gpu and not deepspeed,
         ddp_backend="gloo" if deepspeed and not on_gpu else None,
         ddp_find_unused_parameters=False,
-        **kwargs,
     )
 
 
@@ -157,6 +181,15 @@ class SwapTrainer(Trainer):
         if "loss" in logs and self._measuring:  # a training interval: add its throughput to every logger
             logs = {**logs, **self.throughput.figures(self.state.num_input_tokens_seen)}
         super().log(logs, *args, **kwargs)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """WSD's decay is a share of the stage's optimizer steps, known here whether the stage gives steps or
+        epochs (the Trainer derives them from the data, the batch and the number of processes)."""
+        if self.stage.scheduler == "wsd":
+            self.args.lr_scheduler_kwargs = {
+                "num_decay_steps": max(1, int(self.stage.decay_ratio * num_training_steps))
+            }
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         self.undecodable += len(inputs.pop("skipped_lines", ()))
@@ -290,28 +323,80 @@ def _has_optimizer_state(checkpoint: Path) -> bool:
     return tag.is_file() and (checkpoint / tag.read_text().strip()).is_dir()
 
 
-class RichProgress(TrainerCallback):
-    """A rich progress line per stage: step, loss, lr and the throughput of the last logging interval."""
+def training_progress(console=None, *, enabled: bool = True) -> Progress:
+    """The progress display of a run: one line per stage (step/total, loss, lr, tokens/s, ETA), redrawn
+    4 times a second on a terminal. Only the bar is elastic, so at 80 columns it gives way and the
+    counters stay whole."""
+    fixed = {"no_wrap": True}
+    return Progress(
+        TextColumn("{task.description}", table_column=Column(**fixed)),
+        BarColumn(bar_width=None, table_column=Column(ratio=1)),
+        MofNCompleteColumn(table_column=Column(**fixed)),
+        TextColumn("{task.fields[info]}", table_column=Column(**fixed)),
+        TimeRemainingColumn(table_column=Column(**fixed)),
+        console=console,
+        disable=not enabled,
+        refresh_per_second=4,
+    )
 
+
+class RichProgress(TrainerCallback):
+    """A stage's line in ``training_progress``: shown from the start of the stage, updated at every step
+    and every log. Where the output is not a terminal (a log file, CI) rich cannot redraw a line, so
+    the callback prints one itself: at the first step, then at most every ``LOG_EVERY_S`` seconds, and
+    at the last step."""
+
+    LOG_EVERY_S = 30.0
     SHOWN = (("samples_per_second", "{:,.1f} samples/s"), ("tokens_per_second", "{:,.0f} tok/s"),
              ("data_wait", "data wait {:.0%}"), ("peak_mem_gib", "peak {:.1f} GiB"),
              ("peak_rss_gib", "peak RSS {:.1f} GiB"), ("mfu", "MFU {:.1%}"))  # fmt: skip
 
-    def __init__(self, progress, stage_label: str):
+    def __init__(self, progress: Progress, stage_label: str):
         self.progress = progress
         self.label = stage_label
         self.task = None
-        self.info = ""
+        self.loss: float | None = None
+        self.lr: float | None = None
+        self._t0 = 0.0
+        self._tokens0 = 0
+        self._printed = None  # when a plain line was last printed (not a terminal)
+        self.figures: dict[str, float] = {}  # the throughput of the last logging interval (telemetry)
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self._t0 = time.perf_counter()
+        self._tokens0 = state.num_input_tokens_seen
         self.task = self.progress.add_task(self.label, total=state.max_steps, completed=state.global_step, info="")
+        self.progress.update(self.task, info=self._info(state))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
-        if "loss" in logs:
-            shown = [f"loss {logs['loss']:.4f}", f"lr {logs.get('learning_rate', 0.0):.2e}"]
-            shown += [fmt.format(logs[key]) for key, fmt in self.SHOWN if key in logs]
-            self.info = "  ".join(shown)
+        self.loss = logs.get("loss", self.loss)
+        self.lr = logs.get("learning_rate", self.lr)
+        self.figures.update({key: logs[key] for key, _ in self.SHOWN if key in logs})
+        if self.task is not None:
+            self.progress.update(self.task, info=self._info(state))
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.progress.update(self.task, completed=state.global_step, info=self.info)
+        self.progress.update(self.task, completed=state.global_step, info=self._info(state))
+        console = self.progress.console
+        if self.progress.disable or console.is_terminal:
+            return
+        now = time.perf_counter()
+        last = state.global_step >= state.max_steps
+        if self._printed is None or now - self._printed >= self.LOG_EVERY_S or last:
+            self._printed = now
+            console.print(
+                f"{self.label}: step {state.global_step}/{state.max_steps}  {self._info(state)}", markup=False
+            )
+
+    def _info(self, state) -> str:
+        """``loss 1.2345 lr 1.0e-03`` and the last interval's throughput (``12,345 tok/s ...``, before the first
+        log the stage's own tokens/s); a dash for what is not known yet (the loss, before a log)."""
+        loss = f"{self.loss:.4f}" if self.loss is not None else "-"
+        lr = f"{self.lr:.1e}" if self.lr is not None else "-"
+        if self.figures:
+            shown = "  ".join(fmt.format(self.figures[key]) for key, fmt in self.SHOWN if key in self.figures)
+        else:
+            elapsed = time.perf_counter() - self._t0
+            shown = f"{(state.num_input_tokens_seen - self._tokens0) / elapsed if elapsed > 0 else 0.0:,.0f} tok/s"
+        return f"loss {loss} lr {lr}  {shown}"

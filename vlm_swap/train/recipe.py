@@ -2,7 +2,7 @@
 
 A recipe is a list of stages. Each stage gives, per component (encoder, connector, llm), a tune
 mode (``frozen | full | lora``) and a learning rate, plus the optimisation settings. Unknown
-keys and wrong types are errors naming the key path (``stages[1].llm.lora.r``). ``--set
+keys, wrong types and values out of range are errors naming the key path (``stages[1].llm.lora.r``). ``--set
 key.path=value`` overrides any field (``stages.1.steps=100`` or ``stages.align.lr=2e-4``), with
 the value parsed as YAML and type-checked like the file.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ MODES = ("frozen", "full", "lora")
 SCHEDULERS = ("cosine", "wsd", "linear", "constant")
 PRECISIONS = ("bf16", "fp16", "fp32")
 COMPONENTS = ("encoder", "connector", "llm")
+STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_SEED = 2**32 - 1  # the Trainer seeds numpy too (np.random.seed takes [0, 2**32 - 1])
+INT64 = 2**63  # ints are handed to torch: refused at load time when they cannot fit
 
 
 class RecipeError(VlmSwapError):
@@ -53,8 +57,8 @@ class LoraSpec:
             raise RecipeError("lora.r and lora.alpha must be positive")
         if not 0 <= self.dropout < 1:
             raise RecipeError("lora.dropout must be in [0, 1)")
-        if not self.target_modules:
-            raise RecipeError("lora.target_modules must not be empty")
+        if not self.target_modules or not all(self.target_modules):
+            raise RecipeError("lora.target_modules must be a non-empty list of module names")
 
 
 @dataclass
@@ -101,6 +105,11 @@ class Stage:
     packing: bool = _help("pack whole samples into rows of up to max_length tokens (attention stays per sample)", False)
 
     def __post_init__(self):
+        """Every field's range, so that the optimizer, the scheduler and the RNG never refuse a value mid-run."""
+        if not STAGE_NAME.fullmatch(self.name):
+            raise RecipeError(
+                f"stage name {_show(self.name)} must be letters, digits, '.', '_' or '-' (it names a folder)"
+            )
         if (self.steps is None) == (self.epochs is None):
             raise RecipeError("give exactly one of steps or epochs")
         if self.steps is not None and self.steps <= 0 or self.epochs is not None and self.epochs <= 0:
@@ -108,6 +117,9 @@ class Stage:
         for name in ("batch_size", "grad_accum", "max_length", "save_steps", "logging_steps", "max_bad_steps"):
             if getattr(self, name) <= 0:
                 raise RecipeError(f"{name} must be positive")
+        for name in ("save_total_limit", "eval_steps"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise RecipeError(f"{name} must be positive, or null for no limit")
         if self.lr <= 0:
             raise RecipeError("lr must be positive")
         if self.scheduler not in SCHEDULERS:
@@ -116,6 +128,14 @@ class Stage:
             raise RecipeError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if not 0 <= self.warmup_ratio < 1 or not 0 <= self.decay_ratio <= 1:
             raise RecipeError("warmup_ratio must be in [0, 1) and decay_ratio in [0, 1]")
+        if self.scheduler == "wsd" and self.warmup_ratio + self.decay_ratio > 1:
+            raise RecipeError("wsd: warmup_ratio + decay_ratio must be at most 1")
+        if self.weight_decay < 0:
+            raise RecipeError("weight_decay must be >= 0")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
+            raise RecipeError("adam_beta1 and adam_beta2 must be in [0, 1)")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise RecipeError(f"seed must be in [0, {MAX_SEED}] (the seeds numpy's RNG takes), not {self.seed}")
         if all(getattr(self, c).mode == "frozen" for c in COMPONENTS):
             raise RecipeError("every component is frozen: nothing to train")
 
@@ -182,6 +202,8 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             raise RecipeError(f"{path}: expected a finite number, got {value!r}")
         if number is not None:
             return number
+    if tp is int and type(value) is int and not -INT64 <= value < INT64:
+        raise RecipeError(f"{path}: {value} is out of range (a 64-bit integer)")
     if tp in (int, str, bool) and type(value) is tp:
         return value
     raise RecipeError(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
@@ -259,7 +281,11 @@ def shipped_recipes() -> list[str]:
 def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     path = resolve_recipe_path(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not a text file (a recipe is YAML in UTF-8; byte {exc.start} is not)") from exc
+    except OSError as exc:
+        raise RecipeError(f"cannot read the recipe {path}: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
     if not isinstance(data, dict):

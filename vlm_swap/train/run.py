@@ -5,7 +5,8 @@ A run directory holds the resolved ``recipe.yaml``, one folder per stage with th
 the root the result: a peft adapter (``adapter_config.json`` + ``adapter_model.safetensors``,
 connector included) when the recipe uses LoRA, else a full model; plus ``run.json`` and
 ``loss.png``. ``--resume`` skips finished stages and continues the current one from its newest
-complete checkpoint (optimizer, scheduler, RNG and data position included).
+complete checkpoint (optimizer, scheduler, RNG and data position included). One process owns the
+run directory for the whole run (``lock.own_run_dir``), from before it is checked.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import torch
 import yaml
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import load_file
 from transformers.trainer_callback import PrinterCallback
 
@@ -28,13 +28,12 @@ from ..data import Collator, Encoder, SwapDataset, load_dataset
 from ..data.index import index_progress
 from ..data.loader import default_workers
 from ..data.packing import varlen_attention
-from ..encoders.loading import weight_files
+from ..encoders.loading import checked_weight_files
 from ..errors import VlmSwapError
 from ..io import (
     PROVENANCE_NAME,
     RUN_SUMMARY_NAME,
     atomic_dir,
-    check_not_an_input,
     check_output_dir,
     read_json,
     write_figure,
@@ -44,8 +43,18 @@ from ..io import (
 from ..llms import LLMS
 from . import precision
 from .distributed import state_to_save
-from .engine import NonFiniteError, RichProgress, SwapTrainer, newest_checkpoint, trainable_finite, training_arguments
+from .engine import (
+    NonFiniteError,
+    RichProgress,
+    SwapTrainer,
+    newest_checkpoint,
+    report_to_list,
+    trainable_finite,
+    training_arguments,
+    training_progress,
+)
 from .features import FeatureCache
+from .lock import LOCK_NAME, own_run_dir
 from .lockstep import DummyImage
 from .plan import apply_stage, run_plan, wrap
 from .recipe import Recipe, load_recipe, recipe_to_dict
@@ -64,8 +73,7 @@ def _stage_dir(run: Path, index: int, recipe: Recipe) -> Path:
     return run / f"stage-{index + 1}-{recipe.stages[index].name}"
 
 
-def _check_run_dir(run: Path, recipe: Recipe, resume: bool, inputs: tuple) -> None:
-    check_not_an_input(run, inputs)
+def _check_run_dir(run: Path, recipe: Recipe, resume: bool) -> None:
     stored = run / RECIPE_NAME
     if resume:
         if not stored.is_file():
@@ -76,7 +84,7 @@ def _check_run_dir(run: Path, recipe: Recipe, resume: bool, inputs: tuple) -> No
             raise VlmSwapError(f"{stored} is not valid YAML; the run in {run} cannot be resumed") from exc
         if started != recipe_to_dict(recipe):
             raise VlmSwapError(f"the recipe differs from the one the run in {run} started with ({stored})")
-    elif run.exists() and any(run.iterdir()):
+    elif run.exists() and any(p.name != LOCK_NAME for p in run.iterdir()):
         raise VlmSwapError(f"run directory {run} is not empty; pass --resume to continue it or choose another --out")
 
 
@@ -111,12 +119,27 @@ def train(
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects given to every stage's Trainer.
     ``allow_absolute_paths`` lets image paths of the data resolve outside ``images``.
     """
+    spec = load_recipe(recipe, overrides)  # validated before any model is loaded
+    report_to = report_to_list(report_to)  # and before a run directory is written
+    run = Path(out).expanduser().absolute()
+    with own_run_dir(
+        run,
+        inputs=(model_dir, data),  # a run may lie inside its images folder
+        check=lambda: _check_run_dir(run, spec, resume),
+        join=lambda: training_arguments(spec.stages[0], run, report_to=report_to, eval_enabled=False).device,
+    ):
+        return _train(
+            spec, run, model_dir, data, images=images, resume=resume, on_bad_rows=on_bad_rows,
+            max_images=max_images, report_to=report_to, progress=progress, console=console,
+            allow_pickle=allow_pickle, callbacks=callbacks, allow_absolute_paths=allow_absolute_paths,
+        )  # fmt: skip
+
+
+def _train(spec: Recipe, run: Path, model_dir, data, *, images, resume, on_bad_rows, max_images, report_to,
+           progress, console, allow_pickle, callbacks, allow_absolute_paths) -> Path:  # fmt: skip
+    """``train`` once the run directory is owned (``own_run_dir``); the arguments are ``train``'s."""
     from ..api import load
 
-    spec = load_recipe(recipe, overrides)  # validated before any model is loaded
-    run = Path(out).expanduser().absolute()
-    if _rank() == 0:
-        _check_run_dir(run, spec, resume, (model_dir, data))
     model, processor = load(model_dir, allow_pickle=allow_pickle)
     model_path = Path(model.config._name_or_path)
     # validated at the shortest stage length, so every kept sample fits every stage (each stage then
@@ -147,14 +170,7 @@ def train(
     dummy = DummyImage(processor, processor.tokenizer.pad_token_id, model.config.feature_token_ids)
     summary = {"model": str(model_path), "data": str(data), "data_report": report.__dict__, "stages": []}
 
-    columns = [
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, disable=not progress or _rank() != 0, console=console) as bar:
+    with training_progress(console, enabled=progress and _rank() == 0) as bar:
         for i, stage in enumerate(spec.stages):
             stage_dir = _stage_dir(run, i, spec)
             final = stage_dir / "final"
@@ -331,7 +347,7 @@ def merge(run: str | Path, out: str | Path, *, force: bool = False, allow_pickle
     if not base:
         raise VlmSwapError(f"{cfg} does not name its base model")
     check_output_dir(Path(out), force, (run, base))  # before anything is read
-    weight_files(run, allow_pickle=allow_pickle)  # a pickle-only adapter: refused naming --allow-pickle
+    checked_weight_files(run, allow_pickle=allow_pickle)  # pickle-only: refused naming --allow-pickle; truncated
     model, processor = load(base, allow_pickle=allow_pickle)
     merged = PeftModel.from_pretrained(model, str(run)).merge_and_unload()
     with atomic_dir(out, force=force, inputs=(run, base)) as tmp:
