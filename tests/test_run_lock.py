@@ -7,6 +7,7 @@ tests/test_kill_resume.py; these check the refusal, the stale lock and the clean
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -73,3 +74,29 @@ def test_the_lock_is_released_when_the_block_raises(tmp_path):
             raise VlmSwapError("boom")
     with hold_lock(run):
         pass
+
+
+def test_a_forked_child_does_not_keep_the_lock_of_a_killed_holder(tmp_path):
+    """Dataloader workers are forked: when the holder is killed they may live on a moment, without the lock."""
+    run = tmp_path / "run"
+    code = (
+        "import os, signal, sys, time\n"
+        "from vlm_swap.train.lock import hold_lock\n"
+        "with hold_lock(sys.argv[1]):\n"
+        "    child = os.fork()\n"
+        "    if child == 0:\n"
+        "        null = os.open(os.devnull, os.O_WRONLY)\n"
+        "        os.dup2(null, 1), os.dup2(null, 2)\n"  # let the test read the holder's output to its end
+        "        time.sleep(60)\n"  # an orphaned worker, still alive after its parent is gone
+        "        os._exit(0)\n"
+        "    print('held', child, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    holder = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=60)
+    assert holder.returncode == -9 and "held" in holder.stdout, holder.stderr
+    child = int(holder.stdout.split()[1])
+    try:
+        with hold_lock(run) as lock:  # the child still runs, the lock is free
+            assert lock.read_text().split()[0] == str(os.getpid())
+    finally:
+        os.kill(child, signal.SIGKILL)

@@ -3,7 +3,8 @@
 Rank 0 holds an exclusive ``flock`` on ``RUN/.vlm-swap.lock`` (the file names its PID and host) from
 before it checks the directory until the run ends; a second process on the same directory fails in
 one line naming the holder. The kernel drops a ``flock`` when its holder exits, however it exits
-(``kill -9`` included), so the lock file a killed run leaves behind is stale and never blocks a
+(``kill -9`` included; forked children close their copy of the descriptor, so orphaned dataloader
+workers do not keep it), so the lock file a killed run leaves behind is stale and never blocks a
 ``--resume``: the next process locks it and writes its own PID. A run that ends normally or fails
 removes the file, and the directory too when it created it and nothing else was written.
 
@@ -25,6 +26,20 @@ from ..errors import VlmSwapError
 from ..io import check_not_an_input
 
 LOCK_NAME = ".vlm-swap.lock"
+#: lock descriptors this process holds; a forked child (a dataloader worker, an indexing process) closes its
+#: copies at once, so a lock never outlives a killed holder in its orphaned children (a flock stays held while
+#: any descriptor of its open file is open); spawned processes never get them (descriptors are not inheritable)
+_HELD: set[int] = set()
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 class RunDirInUse(VlmSwapError):
@@ -46,6 +61,7 @@ def hold_lock(run: Path) -> Iterator[Path]:
     created = [p for p in (run, *run.parents) if not os.path.lexists(p)]  # deepest first
     path = run / LOCK_NAME
     fd = _acquire(run, path)
+    _HELD.add(fd)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
@@ -54,6 +70,7 @@ def hold_lock(run: Path) -> Iterator[Path]:
         # removed while still held: a process that opened the old file retries on a new one (see _acquire)
         with contextlib.suppress(OSError):
             os.unlink(path)
+        _HELD.discard(fd)
         os.close(fd)
         for p in created:  # a run that wrote nothing leaves nothing
             try:
