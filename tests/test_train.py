@@ -166,6 +166,18 @@ def test_progress_is_printed_from_the_first_step_when_the_output_is_not_a_termin
     assert "nan" not in buf.getvalue()
 
 
+def test_a_finished_run_leaves_no_dataloader_worker_running(setup, tmp_path):
+    """Persistent workers end with their stage, in this process: none outlives the run, and none is left for a
+    later stage's or run's forked workers to finalize (where that fails)."""
+    psutil = pytest.importorskip("psutil")
+    _, up, data = setup
+    overrides = ["stages.align.steps=2", "stages.lora.steps=2", "dataloader_workers=1"]
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    train("tiny-cpu", up, data, tmp_path / "run", images=data.parent, overrides=overrides, progress=False)
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()]
+    assert left == []
+
+
 def test_resume_reaches_the_same_step_and_loss(setup, lora_run, tmp_path):
     """Cut the run back to its state right after stage 2 saved checkpoint-3, then --resume."""
     _, up, data = setup

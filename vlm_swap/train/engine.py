@@ -8,6 +8,7 @@ accelerate/torchrun) is the HF Trainer's; this module only maps a recipe stage o
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -164,8 +165,13 @@ class SwapTrainer(Trainer):
         """Detach what this stage's wrapper hooked onto the shared model: the next stage builds a new Trainer on it,
         and a DeepSpeed engine left in place would keep reducing (and partitioning) its gradients."""
         self.throughput.close()
-        if self.is_deepspeed_enabled:
-            self.model_wrapped.destroy()
+        # accelerate's own release between two trainings destroys the DeepSpeed engine and drops its references
+        # to the stage's DataLoader; the callbacks hold the other one. The collection below then finalizes the
+        # DataLoader here: left to a later collection, its finalizer could run in a worker forked by the next stage
+        # or run, where it fails ("can only test a child process"), and this stage's persistent workers would live on.
+        self.accelerator.free_memory()
+        self.callback_handler.train_dataloader = None
+        gc.collect()
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The Trainer's fetch of one optimizer step's micro-batches, timed (the data-wait fraction)."""
