@@ -164,6 +164,9 @@ def test_progress_is_printed_from_the_first_step_when_the_output_is_not_a_termin
     lines = buf.getvalue().splitlines()
     assert "stage 1/2 align: step 1/3  loss " in "\n".join(lines) and "stage 2/2 lora: step 2/2" in "\n".join(lines)
     assert "nan" not in buf.getvalue()
+    # every progress line names its stage and step: no last frame of the live display, squeezed to 80 columns
+    progress = [line for line in lines if line.startswith("stage ") and "loss" in line]
+    assert progress and all(line.startswith(("stage 1/2 align: step ", "stage 2/2 lora: step ")) for line in progress)
 
 
 def test_a_finished_run_leaves_no_dataloader_worker_running(setup, tmp_path):

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from rich import get_console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -332,8 +333,10 @@ def _has_optimizer_state(checkpoint: Path) -> bool:
 def training_progress(console=None, *, enabled: bool = True) -> Progress:
     """The progress display of a run: one line per stage (step/total, loss, lr, tokens/s, ETA), redrawn
     4 times a second on a terminal. Only the bar is elastic, so at 80 columns it gives way and the
-    counters stay whole."""
+    counters stay whole. Where the output is not a terminal, ``RichProgress`` prints plain lines itself, so
+    the display is transient: rich would otherwise print its last frame, squeezed to 80 columns, at the end."""
     fixed = {"no_wrap": True}
+    console = console or get_console()
     return Progress(
         TextColumn("{task.description}", table_column=Column(**fixed)),
         BarColumn(bar_width=None, table_column=Column(ratio=1)),
@@ -343,6 +346,7 @@ def training_progress(console=None, *, enabled: bool = True) -> Progress:
         console=console,
         disable=not enabled,
         refresh_per_second=4,
+        transient=not console.is_terminal,
     )
 
 
