@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import record  # noqa: E402
 
-from vlm_swap.io import read_json  # noqa: E402
+from vlm_swap.checkpoints.atomic import read_json  # noqa: E402
 
 GOAL_S = 12 * 60
 

@@ -102,7 +102,7 @@ def test_weights_of_another_shape_than_the_config_fail_in_one_line_naming_the_we
 def test_checkpoint_keys_follow_the_renamings_and_refuse_conversions(perceiver):
     from transformers import AutoConfig, AutoModel
 
-    from vlm_swap.tensor_files import read_safetensors_header
+    from vlm_swap.checkpoints.tensors import read_safetensors_header
 
     # LLaVA-OneVision checkpoints keep the legacy layout (language_model.model.*): renamed, the prefix handled.
     path = perceiver("llava_onevision")

@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 
 import vlm_swap
 import vlm_swap.zoo
+from vlm_swap.checkpoints.tensors import read_safetensors_header
 from vlm_swap.cli import app
 from vlm_swap.errors import VlmSwapError
-from vlm_swap.tensor_files import read_safetensors_header
 
 from .helpers import cli_command
 
@@ -231,7 +231,7 @@ def test_a_read_only_file_system_is_named_as_such_before_any_work(read_only_dir,
 
 
 def test_a_failed_write_names_the_file_not_its_temporary(read_only_dir):
-    from vlm_swap.io import write_json
+    from vlm_swap.checkpoints.atomic import write_json
 
     with pytest.raises(VlmSwapError, match=rf"read-only file system while writing {read_only_dir / 'x.json'}"):
         write_json(read_only_dir / "x.json", {"a": 1})

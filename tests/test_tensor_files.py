@@ -14,10 +14,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import vlm_swap
+from vlm_swap.checkpoints.shards import COPY_ALIGN, ShardWriter
+from vlm_swap.checkpoints.tensors import SourceTensor, read_safetensors_header, safetensors_tensors
 from vlm_swap.errors import VlmSwapError
-from vlm_swap.io import COPY_ALIGN, ShardWriter
 from vlm_swap.sources import SOURCES
-from vlm_swap.tensor_files import SourceTensor, read_safetensors_header, safetensors_tensors
 
 from .helpers import read_tensors
 

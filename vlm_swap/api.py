@@ -7,9 +7,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from .encoders.loading import checked_weight_files, load_pretrained, resolve_source
+from .checkpoints.atomic import read_json
+from .checkpoints.resolve import checked_weight_files, resolve_source
+from .checkpoints.safe import load_pretrained
 from .errors import VlmSwapError
-from .io import read_json
 from .modeling import SwapVLMForConditionalGeneration, SwapVLMProcessor
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .io import PROVENANCE_NAME, read_json, write_text
+from .checkpoints.atomic import read_json, write_text
+from .checkpoints.model_files import read_provenance
 
 CARD_NAME = "README.md"
 UNKNOWN = "unknown — check the source"
@@ -38,7 +39,7 @@ def write_model_card(
     training = _run_facts(Path(run)) if run is not None else None
     if base is None and training is not None:
         base = training.get("model")
-    prov = _provenance(directory) or (_provenance(Path(base)) if base else {})
+    prov = read_provenance(directory) or (read_provenance(base) if base else {})
     text = render(_title(directory), prov, training=training, export=export, evaluation=evaluation)
     path = directory / CARD_NAME
     write_text(path, text)
@@ -104,11 +105,6 @@ def _title(directory: Path) -> str:
 
 def _info(info: dict | None) -> str:
     return f"({', '.join(f'{k}: {v}' for k, v in info.items())})" if info else ""
-
-
-def _provenance(directory: Path) -> dict:
-    path = directory / PROVENANCE_NAME
-    return read_json(path) if path.is_file() else {}
 
 
 def _run_facts(run: Path) -> dict:

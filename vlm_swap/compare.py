@@ -35,9 +35,10 @@ from typing import Any
 from rich.text import Text
 from transformers import TrainerCallback
 
+from .checkpoints.atomic import atomic_dir, read_json, write_json
+from .checkpoints.guards import RUN_SUMMARY_NAME, check_not_an_input
 from .encoders import EncoderSpec
 from .errors import VlmSwapError
-from .io import RUN_SUMMARY_NAME, atomic_dir, check_not_an_input, read_json, write_json
 
 EXPERIMENT_NAME = "compare.json"
 SCORES_NAME = "scores.json"

@@ -300,7 +300,7 @@ def plot(report: dict):
 
 def write_report(out, report: dict) -> None:
     """``report.json``, ``report.md`` and ``compare.png``, each written atomically."""
-    from .io import write_figure, write_json, write_text
+    from .checkpoints.atomic import write_figure, write_json, write_text
 
     write_json(out / "report.json", report)
     write_text(out / "report.md", markdown(report))

@@ -14,9 +14,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .checkpoints.atomic import write_json
 from .compat import verdict
 from .errors import VlmSwapError
-from .io import write_json
 
 MARKER = "report.json"
 TRAIN_SCENES, EVAL_SCENES = 5000, 200

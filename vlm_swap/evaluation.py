@@ -189,7 +189,7 @@ REPORT_KEYS = {"model", "baseline"}
 def check_report_path(report: Path, inputs: tuple) -> None:
     """Refuse a report path that is (or lies inside) an input, and an existing file that is not a
     previous ``vlm-swap eval`` report (a JSON object with only ``model`` / ``baseline`` entries)."""
-    from .io import check_not_an_input, check_writable_parent
+    from .checkpoints.guards import check_not_an_input, check_writable_parent
 
     check_not_an_input(report, inputs)
     check_writable_parent(report)  # before minutes of scoring, not after
@@ -220,7 +220,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score ``model`` (and ``baseline``) on the same data; write ``report`` as JSON when given."""
     from .api import load_any
-    from .io import write_json
+    from .checkpoints.atomic import write_json
 
     if report is not None:
         check_report_path(Path(report), (model, baseline, data, images, text_data))

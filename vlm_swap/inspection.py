@@ -15,9 +15,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
 from .catalog import CATALOG
-from .encoders.loading import looks_local, weight_files
+from .checkpoints.atomic import read_json
+from .checkpoints.guards import PROVENANCE_NAME
+from .checkpoints.resolve import looks_local, weight_files
 from .errors import VlmSwapError
-from .io import PROVENANCE_NAME, read_json
 from .sources import CAUSAL_LM, Source, describe, detect_adapter, open_safetensors, open_source
 
 

@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 from transformers import AutoConfig, PreTrainedConfig
 
-from .encoders.loading import load_config, open_safetensors, open_weights, resolve_source, weight_files
+from .checkpoints.resolve import resolve_source, weight_files
+from .checkpoints.safe import load_config, open_safetensors, open_weights
 from .errors import VlmSwapError
 from .registry import Registry
 

@@ -29,16 +29,19 @@ from transformers.initialization import no_init_weights
 
 from . import __version__
 from .card import write_model_card
+from .checkpoints.atomic import atomic_dir, write_json
+from .checkpoints.guards import PROVENANCE_NAME, check_output_dir
+from .checkpoints.resolve import resolve_source
+from .checkpoints.safe import load_auto
+from .checkpoints.shards import DEFAULT_SHARD_BYTES, ShardWriter
+from .checkpoints.tensors import FileRange, SourceTensor, safetensors_tensors
 from .compat import Check, EncoderFacts, LLMFacts, check_pair, require_compatible
 from .connectors import CONNECTORS
 from .encoders import ENCODERS, EncoderSpec, LoadedEncoder
-from .encoders.loading import load_auto, resolve_source
 from .errors import VlmSwapError
-from .io import DEFAULT_SHARD_BYTES, PROVENANCE_NAME, ShardWriter, atomic_dir, check_output_dir, write_json
 from .llms import LLMFamily, detect_family
 from .modeling import SwapVLMConfig, SwapVLMProcessor
 from .sources import Source, open_source
-from .tensor_files import FileRange, SourceTensor, safetensors_tensors
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ROW_BLOCK_BYTES = 16 * 1024**2  # rows read, cast and written at a time when a tensor changes

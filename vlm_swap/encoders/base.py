@@ -15,7 +15,7 @@ from torch import nn
 from transformers import PreTrainedConfig
 
 if TYPE_CHECKING:
-    from ..tensor_files import SourceTensor
+    from ..checkpoints.tensors import SourceTensor
 
 
 class EncoderBackend(nn.Module):
@@ -109,7 +109,7 @@ class LoadedEncoder:
 
     def tensors(self) -> dict[str, SourceTensor]:
         """The module's state dict as tensors to stream: from the checkpoint files, else from the loaded module."""
-        from ..tensor_files import SourceTensor  # upgrade time only (not in exports)
+        from ..checkpoints.tensors import SourceTensor  # upgrade time only (not in exports)
 
         if self.weights is not None:
             return self.weights

@@ -87,7 +87,7 @@ class HFViTEncoder(EncoderBackend):
         allow_pickle: bool = False,
         stream: bool = False,
     ) -> LoadedEncoder:
-        from .loading import load_auto, load_config  # upgrade time only (not in exports)
+        from ..checkpoints.safe import load_auto, load_config  # upgrade time only (not in exports)
         from .streaming import prefixed, pretrained
 
         config = load_config(source, trust_remote_code)

@@ -21,11 +21,12 @@ from typing import Any
 import torch
 from transformers import CLIPImageProcessor
 
+from ..checkpoints.atomic import read_json
+from ..checkpoints.resolve import ALLOW_PICKLE_HINT, PICKLE_SUFFIXES
+from ..checkpoints.safe import open_weights
 from ..errors import VlmSwapError
-from ..io import read_json
 from .base import EncoderBackend, LoadedEncoder, fixed_resolution, strided_rows
 from .eval_transform import clip_processor
-from .loading import ALLOW_PICKLE_HINT, PICKLE_SUFFIXES, open_weights
 
 CONFIG_NAME, WEIGHTS_NAME = "open_clip_config.json", "open_clip_model.safetensors"
 
@@ -106,7 +107,7 @@ def load_visual(
 def stream_visual(model_cfg: dict[str, Any], weights: Path, source: str):
     """(the visual tower on the meta device, its state dict as tensors of the safetensors file ``weights``), the
     keys checked as ``load_visual`` checks them; None when loading would cast a tensor to another kind of dtype."""
-    from ..tensor_files import safetensors_tensors
+    from ..checkpoints.tensors import safetensors_tensors
     from .streaming import matched, meta_module
 
     with _building(source):

@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 from transformers.initialization import no_init_weights
 
+from ..checkpoints.atomic import read_json
+from ..checkpoints.resolve import INDEX_NAME, WEIGHTS_NAME, weight_files
+from ..checkpoints.safe import load_pretrained
+from ..checkpoints.tensors import SourceTensor, safetensors_tensors
 from ..errors import VlmSwapError
-from ..io import INDEX_NAME, WEIGHTS_NAME, read_json
-from ..tensor_files import SourceTensor, safetensors_tensors
-from .loading import load_pretrained, weight_files
 
 
 def meta_module(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from transformers import CLIPImageProcessor, PreTrainedConfig
 
+from ..checkpoints.atomic import read_json
 from ..errors import VlmSwapError
-from ..io import read_json
 from .base import EncoderBackend, LoadedEncoder, fixed_resolution, strided_rows
 from .eval_transform import clip_processor
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..card import write_model_card
-from ..encoders.loading import checked_weight_files, resolve_source
+from ..checkpoints.atomic import atomic_dir, read_json
+from ..checkpoints.guards import check_output_dir
+from ..checkpoints.model_files import read_provenance, write_model_extras
+from ..checkpoints.resolve import checked_weight_files, resolve_source
 from ..errors import VlmSwapError
-from ..io import PROVENANCE_NAME, atomic_dir, check_output_dir, read_json, write_json
 from .llava import export_llava
 from .remote_code import export_remote_code
 
@@ -45,8 +47,7 @@ def export(model: str | Path, fmt: str, out: str | Path, *, force: bool = False)
     checked_weight_files(model_dir)  # every shard whole before one is renamed or copied, as upgrade checks them
     with atomic_dir(out, force=force, inputs=(model, model_dir)) as tmp:
         facts = FORMATS[fmt](model_dir, tmp)
-        provenance = model_dir / PROVENANCE_NAME
-        base = read_json(provenance) if provenance.is_file() else {}
-        write_json(tmp / PROVENANCE_NAME, {**base, "export": {"format": fmt, "from": str(model_dir)}})
+        provenance = {**read_provenance(model_dir), "export": {"format": fmt, "from": str(model_dir)}}
+        write_model_extras(tmp, provenance=provenance)
         write_model_card(tmp, base=model_dir, export={"format": fmt, **facts})
     return out

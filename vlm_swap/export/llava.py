@@ -23,9 +23,10 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, GenerationConfig, LlavaConfig, LlavaProcessor
 
-from ..encoders.loading import weight_files
+from ..checkpoints.model_files import write_model_extras
+from ..checkpoints.resolve import weight_files
+from ..checkpoints.shards import ShardWriter
 from ..errors import VlmSwapError
-from ..io import ShardWriter
 from ..modeling import SwapVLMConfig, SwapVLMProcessor
 
 #: encoder_config.model_type -> has a CLS token (Llava runs these towers without extra inputs)
@@ -164,8 +165,11 @@ def export_llava(model_dir: Path, tmp: Path) -> dict:
     act, strategy = check_llava_exportable(config)
     processor = SwapVLMProcessor.from_pretrained(model_dir)
     write_llava_weights(model_dir, config, tmp)
-    llava_config(config, act, strategy, image_seq_length(processor, config)).save_pretrained(tmp)
-    llava_processor(processor, config, strategy).save_pretrained(tmp)
-    if (model_dir / "generation_config.json").is_file():
-        GenerationConfig.from_pretrained(model_dir).save_pretrained(tmp)
+    generation = (model_dir / "generation_config.json").is_file()
+    write_model_extras(
+        tmp,
+        config=llava_config(config, act, strategy, image_seq_length(processor, config)),
+        processor=llava_processor(processor, config, strategy),
+        generation_config=GenerationConfig.from_pretrained(model_dir) if generation else None,
+    )
     return {"architecture": "LlavaForConditionalGeneration", "projector_hidden_act": act, "strategy": strategy}

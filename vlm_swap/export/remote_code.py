@@ -18,9 +18,9 @@ import re
 from pathlib import Path
 
 from .. import __version__
+from ..checkpoints.atomic import copy_file, read_json, write_json, write_text
 from ..encoders import ENCODERS
 from ..errors import VlmSwapError
-from ..io import copy_file, read_json, write_json, write_text
 
 PACKAGE = "vlm_swap"
 ROOTS = {

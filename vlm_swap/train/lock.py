@@ -22,8 +22,8 @@ import socket
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from ..checkpoints.guards import check_not_an_input
 from ..errors import VlmSwapError
-from ..io import check_not_an_input
 
 LOCK_NAME = ".vlm-swap.lock"
 #: lock descriptors this process holds; a forked child (a dataloader worker, an indexing process) closes its

@@ -24,22 +24,15 @@ from safetensors.torch import load_file
 from transformers.trainer_callback import PrinterCallback
 
 from ..card import write_model_card
+from ..checkpoints.atomic import atomic_dir, read_json, write_figure, write_json, write_text
+from ..checkpoints.guards import RUN_SUMMARY_NAME, check_output_dir
+from ..checkpoints.model_files import read_provenance, save_model, write_model_extras
+from ..checkpoints.resolve import checked_weight_files
 from ..data import Collator, Encoder, SwapDataset, load_dataset
 from ..data.index import index_progress
 from ..data.loader import default_workers
 from ..data.packing import varlen_attention
-from ..encoders.loading import checked_weight_files
 from ..errors import VlmSwapError
-from ..io import (
-    PROVENANCE_NAME,
-    RUN_SUMMARY_NAME,
-    atomic_dir,
-    check_output_dir,
-    read_json,
-    write_figure,
-    write_json,
-    write_text,
-)
 from ..llms import LLMS
 from . import precision
 from .distributed import state_to_save
@@ -89,8 +82,7 @@ def _check_run_dir(run: Path, recipe: Recipe, resume: bool) -> None:
 
 
 def _empty_think(model_dir: Path) -> str | None:
-    prov = model_dir / PROVENANCE_NAME
-    family = read_json(prov).get("llm_family") if prov.is_file() else None
+    family = read_provenance(model_dir).get("llm_family")
     return LLMS.get(family).empty_think if family in LLMS else None
 
 
@@ -222,9 +214,10 @@ def _train(spec: Recipe, run: Path, model_dir, data, *, images, resume, on_bad_r
                 with atomic_dir(final, force=True, ours=True) as tmp:
                     if not plan.uses_peft:
                         state = precision.for_saving(state, stored)
-                    trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp, state_dict=state)
+                    save_model(trainer.accelerator.unwrap_model(trainer.model), tmp, state_dict=state)
                     if not plan.uses_peft:  # a full model: make it loadable on its own
-                        _write_model_extras(tmp, processor, model_path, trained_by=str(run))
+                        provenance = {**read_provenance(model_path), "trained_by": str(run)}
+                        write_model_extras(tmp, processor=processor, provenance=provenance)
                     write_json(tmp / "log_history.json", trainer.state.log_history)
             trainer.accelerator.wait_for_everyone()
             report.undecodable += trainer.undecodable
@@ -283,13 +276,6 @@ def _publish(run: Path, final: Path) -> None:
         tmp = run / f".{name}.tmp"
         shutil.copyfile(final / name, tmp)
         os.replace(tmp, run / name)
-
-
-def _write_model_extras(directory: Path, processor, base: Path, **provenance: str) -> None:
-    """Processor files and the base model's provenance (with what was done) beside saved weights."""
-    processor.save_pretrained(directory)
-    prov = read_json(base / PROVENANCE_NAME) if (base / PROVENANCE_NAME).is_file() else {}
-    write_json(directory / PROVENANCE_NAME, {**prov, **provenance})
 
 
 def _histories(run: Path, recipe: Recipe) -> list[tuple[str, list[dict]]]:
@@ -351,7 +337,8 @@ def merge(run: str | Path, out: str | Path, *, force: bool = False, allow_pickle
     model, processor = load(base, allow_pickle=allow_pickle)
     merged = PeftModel.from_pretrained(model, str(run)).merge_and_unload()
     with atomic_dir(out, force=force, inputs=(run, base)) as tmp:
-        merged.save_pretrained(tmp)
-        _write_model_extras(tmp, processor, Path(base), merged_from=str(run.absolute()))
+        save_model(merged, tmp)
+        provenance = {**read_provenance(base), "merged_from": str(run.absolute())}
+        write_model_extras(tmp, processor=processor, provenance=provenance)
         write_model_card(tmp, run=run)
     return Path(out)

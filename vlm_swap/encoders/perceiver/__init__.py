@@ -58,7 +58,8 @@ def check_family(config: PreTrainedConfig) -> type[PerceiverFamily]:
 
 def load_config(source: str, trust_remote_code: bool) -> PreTrainedConfig:
     """The perceiver's config (remote code refused without the flag); an unreadable one names the families."""
-    from ..loading import load_config as read_config  # upgrade time only: an exported model's code does without it
+    # upgrade time only: an exported model's code does without it
+    from ...checkpoints.safe import load_config as read_config
 
     try:
         return read_config(source, trust_remote_code)

@@ -1,38 +1,33 @@
-"""Loading pretrained parts safely: sources resolved, weights read without running code, one-line errors.
+"""Where a checkpoint is and which of its files hold weights: sources resolved, shard lists checked.
 
 A SOURCE is a catalog id, a local directory or a hub id (optionally pinned to a ``revision``).
 Local paths that do not exist fail here with the path named; hub ids go to the hub (and fail with
-the cause when offline). Weights are safetensors; pickle weights (``.bin``, ``.pt``, ...) are
-refused unless the caller opts in with ``allow_pickle``, and even then they are read with
-``torch.load(weights_only=True)`` (memory-mapped where the file format allows), which refuses
-anything but tensors and plain containers. A weight file is read through a reader with
-``keys()`` / ``get_tensor(key)``, whatever its format (``open_weights``).
+the cause when offline), fetching only what loading may read (pickle files only when the caller
+allows them). A checkpoint directory's weight files are its safetensors shards (through the shard
+index when there is one, whose names must stay inside the directory); pickle files are listed only
+with ``allow_pickle``, and a directory holding only pickle weights is refused naming
+``--allow-pickle``. FIFOs, devices and dangling links are refused before anything reads them.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError, safe_open
-from transformers import AutoConfig, PreTrainedConfig
-
 from ..errors import VlmSwapError
-from ..io import INDEX_NAME, read_json
-from ..tensor_files import read_safetensors_header
+from .atomic import read_json
+from .tensors import read_safetensors_header
 
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 PICKLE_INDEX_NAME = "pytorch_model.bin.index.json"
 ALLOW_PICKLE_HINT = "pass --allow-pickle to read them (tensors only, torch.load weights_only=True)"
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.py"]
 
 
 def looks_local(source: str) -> bool:
     return source.startswith(("/", ".", "~")) or Path(source).exists() or source.count("/") > 1
-
-
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.py"]
 
 
 def resolve_source(
@@ -83,52 +78,6 @@ def resolve_source(
         known = [i for i, e in CATALOG.items() if e.hub_id == source]
         also = f"; its catalog id {known[0]} gives its facts offline (inspect, pairs)" if known else ""
         raise VlmSwapError(f"cannot fetch {source!r} from the hub (not a local path either): {first}{also}") from exc
-
-
-def load_config(path: str | Path, trust_remote_code: bool = False) -> PreTrainedConfig:
-    """``AutoConfig.from_pretrained`` with one-line errors; a config that ships code needs ``trust_remote_code``."""
-    raw = Path(path) / "config.json"
-    if not trust_remote_code and raw.is_file() and "auto_map" in read_json(raw):
-        raise VlmSwapError(f"{path} ships its own model code (auto_map); pass --trust-remote-code to run it")
-    try:
-        return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise VlmSwapError(f"cannot read the config of {path}: {first}") from exc
-
-
-def load_auto(auto_cls, path: str | Path, what: str, *, trust_remote_code: bool, **kwargs):
-    """A tokenizer / processor / image processor (``auto_cls.from_pretrained``) with one-line errors."""
-    try:
-        return auto_cls.from_pretrained(str(path), trust_remote_code=trust_remote_code, **kwargs)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise VlmSwapError(f"cannot load the {what} of {path}: {first}") from exc
-
-
-def load_pretrained(
-    model_cls, source: str, *, dtype: torch.dtype | None, trust_remote_code: bool, allow_pickle: bool = False, **kwargs
-):
-    """``model_cls.from_pretrained`` with safetensors enforced (pickle only with ``allow_pickle``, and then
-    with ``weights_only=True``) and errors turned into one line."""
-    if Path(source).is_dir():  # a pickle-only dir: refused naming --allow-pickle; a truncated shard: one line
-        checked_weight_files(Path(source), allow_pickle=allow_pickle)
-    try:
-        return model_cls.from_pretrained(
-            source,
-            dtype=dtype if dtype is not None else "auto",
-            use_safetensors=None if allow_pickle else True,  # None: safetensors first, else pytorch_model.bin
-            weights_only=True,
-            trust_remote_code=trust_remote_code,
-            **kwargs,
-        )
-    except VlmSwapError:
-        raise
-    except pickle.UnpicklingError as exc:
-        raise VlmSwapError(f"refused to load {source}: a pickle weight file holds more than tensors") from exc
-    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError, EOFError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VlmSwapError(f"could not load {model_cls.__name__} from {source}: {first}") from exc
 
 
 def refuse_special_files(paths) -> None:
@@ -190,74 +139,3 @@ def checked_weight_files(path: Path, *, allow_pickle: bool = False) -> list[Path
         if f.suffix == ".safetensors":
             read_safetensors_header(f)
     return files
-
-
-# ---- weight readers: keys() / get_tensor(key), whatever the file format ---------------------------------
-
-
-def open_safetensors(path: Path):
-    """``safe_open`` with a one-line error for truncated or corrupted files."""
-    try:
-        return safe_open(str(path), framework="pt")
-    except (SafetensorError, OSError) as exc:
-        raise VlmSwapError(f"corrupted or truncated safetensors file {path}: {exc}") from exc
-
-
-def load_pickle_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """A pickle state dict read with ``weights_only=True`` (memory-mapped for zip-format files).
-
-    A state dict nested under ``state_dict`` / ``model`` / ``module`` (common in ``.ckpt``/``.pt``
-    files) is unwrapped; anything that is not a mapping of names to tensors is refused.
-    """
-    try:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:  # the legacy (non-zip) format cannot be memory-mapped
-            if "mmap" not in str(exc):
-                raise
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise VlmSwapError(
-            f"refused to load {path}: it holds more than tensors (weights_only=True forbids code and objects)"
-        ) from exc
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise VlmSwapError(f"corrupted or truncated pickle file {path}: {first}") from exc
-    for key in ("state_dict", "model", "module"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
-        raise VlmSwapError(f"{path} is not a state dict (a mapping of weight names to tensors)")
-    return obj
-
-
-class PickleWeights:
-    """A pickle weight file behind the ``safe_open`` interface (``keys`` / ``get_tensor``)."""
-
-    def __init__(self, path: Path):
-        self._tensors = load_pickle_tensors(path)
-
-    def __enter__(self) -> PickleWeights:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._tensors = {}
-
-    def keys(self) -> list[str]:
-        return list(self._tensors)
-
-    def get_tensor(self, key: str) -> torch.Tensor:
-        return self._tensors[key]
-
-    get_slice = get_tensor  # memory-mapped already: a "slice" is the tensor (``.shape`` without reading data)
-
-
-def open_weights(path: Path, *, allow_pickle: bool = False):
-    """A reader for one weight file: safetensors always, pickle files only with ``allow_pickle``."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return open_safetensors(path)
-    if path.suffix in PICKLE_SUFFIXES and allow_pickle:
-        return PickleWeights(path)
-    raise VlmSwapError(f"{path} is not a safetensors file; {ALLOW_PICKLE_HINT}")

@@ -1,200 +1,37 @@
-"""The only module that writes model outputs to disk: atomic directories and safetensors shards.
+"""Safetensors shards written by streaming: tensors in, bounded memory, standard shard names and index.
 
-Every output directory is built in a temporary sibling (``.NAME.tmp-PID-RAND``) and renamed into
-place at the end, so a failure or a kill leaves either the previous output or nothing; stale
-temporaries of dead processes are removed on the next run. A write that fails for a cause of the
-environment (disk full, file-size limit, quota, permissions, read-only file system), whichever
-writer raised it, becomes one ``VlmSwapError`` line naming the cause and the output. Weights are
-only ever written as safetensors, in shards with a standard ``model.safetensors.index.json``,
-streamed tensor by tensor (``ShardWriter``): memory stays bounded whatever the checkpoint size.
+Weights are only ever written as safetensors, in shards with a standard
+``model.safetensors.index.json``, streamed tensor by tensor (``ShardWriter``): a shard's header is
+planned from the registered dtypes and shapes, then its tensors' bytes are written at their offsets,
+byte ranges of source files copied inside the kernel. Memory stays bounded whatever the checkpoint
+size. The shards are written into a directory that ``atomic.atomic_dir`` makes appear whole.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import math
 import os
-import re
-import shutil
 import struct
-import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 
-from .errors import VlmSwapError
-from .tensor_files import TORCH_TO_ST, FileRange
+from ..errors import VlmSwapError
+from .atomic import write_json
+from .resolve import INDEX_NAME, WEIGHTS_NAME
+from .tensors import TORCH_TO_ST, FileRange
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 # In-kernel copies (splice) run at full speed only from a source offset on a 64 KiB boundary to a
 # destination offset equal to it modulo 64 KiB; anything else costs about 35% more CPU per byte
 COPY_ALIGN = 64 * 1024
 COPY_CHUNK = 256 * 1024**2  # bytes per copy_file_range / write call (the copy itself stays in the kernel)
-WEIGHTS_NAME = "model.safetensors"
-INDEX_NAME = "model.safetensors.index.json"
-PROVENANCE_NAME = "vlm_swap.json"
-RUN_SUMMARY_NAME = "run.json"
-#: files that mark a directory as written by vlm-swap (``--force`` replaces only such a directory)
-OUTPUT_MARKERS = (PROVENANCE_NAME, RUN_SUMMARY_NAME)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_stale_temporaries(out: Path) -> None:
-    """Finish what dead processes left: remove their ``.NAME.tmp-PID-*`` / ``.NAME.old-PID-*`` siblings.
-
-    A kill between moving the previous output aside (``.old``) and moving the new one in leaves no
-    ``out``; then the previous output is moved back first, so a kill never loses it.
-    """
-    if not out.parent.is_dir():
-        return
-    stale = []
-    for p in out.parent.glob(f".{out.name}.*-*-*"):
-        kind, _, rest = p.name[len(out.name) + 2 :].partition("-")
-        pid = rest.split("-", 1)[0]
-        if kind in ("tmp", "old") and pid.isdigit() and not _pid_alive(int(pid)):
-            stale.append((kind, p))
-    previous = [p for kind, p in stale if kind == "old"]
-    with contextlib.suppress(OSError):
-        if previous and not os.path.lexists(out):
-            os.rename(previous[0], out)
-    for _, p in stale:
-        shutil.rmtree(p, ignore_errors=True)
-
-
-def _is_vlm_swap_output(path: Path) -> bool:
-    """A directory that a previous vlm-swap command wrote: it holds a provenance file or a run summary."""
-    return any((path / name).is_file() for name in OUTPUT_MARKERS)
-
-
-def check_not_an_input(out: Path, inputs: Iterable[str | Path | None] = ()) -> None:
-    """Refuse an output that is one of the (local) inputs, contains one, or lies inside one, and one
-    that is or contains the current directory: replacing it would destroy what the command reads."""
-    out = Path(out).expanduser().absolute().resolve()
-    for given in inputs:
-        if given is None or not os.path.lexists(Path(given).expanduser()):
-            continue  # a hub id or a catalog id, not a local path
-        inp = Path(given).expanduser().absolute().resolve()
-        if out == inp or out in inp.parents:
-            relation = "is" if out == inp else "contains"
-            raise VlmSwapError(f"output {out} {relation} the input {given}; choose another --out")
-        if inp in out.parents:
-            raise VlmSwapError(f"output {out} lies inside the input {given}; choose another --out")
-    cwd = Path.cwd().resolve()
-    if out == cwd or out in cwd.parents:
-        relation = "is" if out == cwd else "contains"
-        raise VlmSwapError(f"output {out} {relation} the current directory; choose another --out")
-
-
-def check_writable_parent(out: Path) -> None:
-    """Refuse an output (file or directory) whose parent cannot be created or written, before any work."""
-    out = Path(out).expanduser().absolute()
-    ancestor = next(p for p in (out.parent, *out.parent.parents) if os.path.lexists(p))
-    if not ancestor.is_dir():
-        raise VlmSwapError(f"cannot write to {out.parent}: {ancestor} is not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        read_only = bool(os.statvfs(ancestor).f_flag & os.ST_RDONLY)
-        why = "a read-only file system" if read_only else "permission denied"
-        raise VlmSwapError(f"cannot write to {out.parent}: {why} ({ancestor})")
-
-
-def check_output_dir(out: Path, force: bool, inputs: Iterable[str | Path | None] = (), *, ours: bool = False) -> None:
-    """Refuse an output that would destroy an input (``check_not_an_input``), a non-empty output
-    directory unless ``force``, and, even with ``force``, a directory that vlm-swap did not write
-    (no provenance file); refuse a file in its place or a parent that cannot be written (before any
-    work is done). ``ours``: the caller wrote ``out`` itself (a stage's ``final/``), no marker needed.
-
-    Leftovers of killed runs are dealt with first (``clean_stale_temporaries``), so the check sees
-    the previous output even when a kill interrupted its replacement."""
-    out = Path(out).expanduser().absolute()
-    check_not_an_input(out, inputs)
-    check_writable_parent(out)
-    clean_stale_temporaries(out)
-    if out.exists() and not out.is_dir():
-        raise VlmSwapError(f"output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise VlmSwapError(f"output directory {out} is not empty; pass --force to replace it")
-        if not ours and not _is_vlm_swap_output(out):
-            raise VlmSwapError(
-                f"refusing to replace {out}: it is not a vlm-swap output (no {PROVENANCE_NAME}); "
-                "remove it yourself or choose another --out"
-            )
-
-
-#: errno -> the cause a user can act on, for writes that fail because of the environment
-WRITE_ERRORS = {
-    errno.ENOSPC: "no space left on the device",
-    errno.EFBIG: "file too large (file-size limit reached)",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-    errno.EIO: "input/output error",
-}
-
-
-def write_failure(exc: BaseException, out: Path) -> VlmSwapError | None:
-    """A one-line error for a failed write (an OSError, or a safetensors error wrapping one), else None."""
-    code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
-    if isinstance(exc, OSError) and exc.filename and not str(exc.filename).startswith(str(out.parent)):
-        return None  # a file elsewhere (an input) failed: not a write to the output
-    if isinstance(exc, SafetensorError) and (m := re.search(r"os error (\d+)", str(exc))):
-        code = int(m.group(1))
-    if code not in WRITE_ERRORS:
-        return None
-    return VlmSwapError(f"{WRITE_ERRORS[code]} while writing {out}; it is unchanged")
-
-
-@contextlib.contextmanager
-def atomic_dir(
-    out: str | Path, *, force: bool = False, inputs: Iterable[str | Path | None] = (), ours: bool = False
-) -> Iterator[Path]:
-    """Yield a temporary directory that becomes ``out`` only if the block succeeds.
-
-    ``out`` is checked first (``check_output_dir`` with ``force``, ``inputs`` and ``ours``).
-    A write that fails for an environmental cause (see ``WRITE_ERRORS``) raises one ``VlmSwapError``
-    line; the temporary is removed and a previous ``out`` stays as it was.
-    """
-    out = Path(out).expanduser().absolute()
-    check_output_dir(out, force, inputs, ours=ours)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp = out.parent / f".{out.name}.tmp-{tag}"
-        tmp.mkdir()
-    except OSError as exc:
-        raise VlmSwapError(f"cannot write to {out.parent}: {exc.strerror or exc}") from exc
-    try:
-        yield tmp
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{tag}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        failure = write_failure(exc, out)
-        if failure is not None:
-            raise failure from exc
-        raise
 
 
 #: What an entry writes, in order: tensors (their raw bytes) and byte ranges of other files.
@@ -457,51 +294,3 @@ def _pread_write(sfd: int, fd: int, count: int, offset: int, dst: int) -> int:
     data = os.pread(sfd, min(count, 16 * 1024**2), offset)
     _pwrite_all(fd, data, dst)
     return len(data)
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a file atomically: a temporary sibling renamed over ``path`` (a reader never sees half a file)."""
-    _write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def write_figure(fig, path: Path) -> Path:
-    """Save a matplotlib figure as PNG atomically (like ``write_text``) and close it."""
-    import matplotlib.pyplot as plt
-
-    try:
-        _write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
-    return Path(path)
-
-
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):  # on a read-only file system even this fails: report the write
-            tmp.unlink(missing_ok=True)
-        failure = write_failure(exc, path)
-        if failure is not None:
-            raise failure from exc
-        raise
-
-
-def copy_file(src: Path, dst: Path) -> None:
-    shutil.copyfile(src, dst)
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise VlmSwapError(f"missing file: {path}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise VlmSwapError(f"{path} is not valid JSON: {exc}") from exc

@@ -1,10 +1,11 @@
-"""Reading safetensors files lazily: validated headers, byte ranges and row blocks of tensors.
+"""Safetensors files read lazily: validated headers, byte ranges and row blocks of tensors.
 
-Streaming a checkpoint needs no tensor library call per weight: the header lists every tensor's
-dtype, shape and byte range, so an unchanged tensor is copied as bytes (``FileRange``) and only a
-tensor that changes (a cast, grown embedding rows) is read, one block of rows at a time
-(``SourceTensor.read_rows``). A ``SourceTensor`` can equally wrap a tensor already in memory, so
-weights from another container format stream through the same path.
+Owns the safetensors format on the reading side (``read_safetensors_header``: every entry checked
+against the file size) and the two ways a tensor is streamed to an output: as a byte range of its
+file (``FileRange``, copied without entering Python) or, when it changes (a cast, grown embedding
+rows), one block of rows at a time (``SourceTensor.read_rows``, memory-mapped). A ``SourceTensor``
+can equally wrap a tensor already in memory, so weights from another container format stream
+through the same path. ``ST_DTYPES`` / ``TORCH_TO_ST`` are the dtype names both sides use.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import VlmSwapError
+from ..errors import VlmSwapError
 
 # safetensors dtype names and their torch dtypes (sub-byte formats are not supported)
 ST_DTYPES: dict[str, torch.dtype] = {
