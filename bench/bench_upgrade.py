@@ -263,7 +263,7 @@ def main() -> None:
     if wide:  # the upgrade reads both checkpoints and writes both: the copy copies both
         copy_cmd = ["sh", "-c", 'mkdir "$2" && cp -r "$0" "$1" "$2"/', str(src), str(perceiver), str(cp_out)]
     upgrade_cmd = [*cli, "upgrade", str(src), "--encoder", f"perceiver:{perceiver}", "--out", str(up_out)]
-    imports_cmd = [sys.executable, "-c", "import vlm_swap.cli, vlm_swap.upgrade"]
+    imports_cmd = [sys.executable, "-c", "import vlm_swap.cli, vlm_swap.surgery.pipeline"]
 
     warm(src)
     warm(perceiver)

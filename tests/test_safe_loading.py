@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 import vlm_swap
 from vlm_swap.cli import app
 from vlm_swap.errors import VlmSwapError
-from vlm_swap.sources import open_source
+from vlm_swap.surgery.source import open_source
 from vlm_swap.train.run import train
 from vlm_swap.zoo.world import write_dataset
 

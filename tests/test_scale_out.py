@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 import vlm_swap
 from vlm_swap.data import Collator, Encoder, Sample
-from vlm_swap.sources import data_dir
+from vlm_swap.surgery.layouts import data_dir
 from vlm_swap.train.lockstep import DummyImage
 from vlm_swap.train.plan import apply_stage, run_plan, wrap
 from vlm_swap.train.recipe import load_recipe

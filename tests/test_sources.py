@@ -26,7 +26,8 @@ from vlm_swap.cli import app
 from vlm_swap.errors import VlmSwapError
 from vlm_swap.inspection import inspect_source
 from vlm_swap.modeling import SwapVLMForConditionalGeneration
-from vlm_swap.sources import SOURCES, open_source
+from vlm_swap.surgery.layouts import SOURCES
+from vlm_swap.surgery.source import open_source
 
 from .helpers import ask, read_tensors
 

@@ -17,7 +17,7 @@ import vlm_swap
 from vlm_swap.checkpoints.shards import COPY_ALIGN, ShardWriter
 from vlm_swap.checkpoints.tensors import SourceTensor, read_safetensors_header, safetensors_tensors
 from vlm_swap.errors import VlmSwapError
-from vlm_swap.sources import SOURCES
+from vlm_swap.surgery.layouts import SOURCES
 
 from .helpers import read_tensors
 

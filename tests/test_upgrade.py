@@ -10,7 +10,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import vlm_swap
 from vlm_swap.modeling import SwapVLMForConditionalGeneration, SwapVLMProcessor
-from vlm_swap.sources import SOURCES
+from vlm_swap.surgery.layouts import SOURCES
 
 from .helpers import ask, read_tensors
 

@@ -12,6 +12,6 @@ from .errors import VlmSwapError, quiet_interrupt_while_starting  # noqa: E402
 with quiet_interrupt_while_starting():  # torch and transformers take seconds to import
     from . import modeling  # noqa: E402  (registers the Auto classes)
     from .api import load  # noqa: E402
-    from .upgrade import build, upgrade  # noqa: E402
+    from .surgery.pipeline import build, upgrade  # noqa: E402
 
 __all__ = ["__version__", "build", "load", "modeling", "upgrade", "VlmSwapError"]

@@ -98,7 +98,7 @@ def render(title: str, prov: dict, *, training: dict | None, export: dict | None
 
 
 def _title(directory: Path) -> str:
-    """The output's name, also while it is written in io.atomic_dir's temporary sibling."""
+    """The output's name, also while it is written in atomic_dir's temporary sibling (checkpoints.atomic)."""
     m = re.fullmatch(r"\.(.+)\.tmp-\d+-[0-9a-f]+", directory.name)
     return m.group(1) if m else directory.name
 

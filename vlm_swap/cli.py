@@ -225,7 +225,7 @@ def upgrade(
     seed: SeedOpt = 0,
 ) -> None:
     """Swap the vision side of an existing VLM for ENCODER; keep the LLM, tokenizer and chat template."""
-    from .upgrade import upgrade as run
+    from .surgery.pipeline import upgrade as run
 
     loading = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
     loading |= {"revision": revision, "encoder_revision": encoder_revision}
@@ -248,7 +248,7 @@ def build(
     seed: SeedOpt = 0,
 ) -> None:
     """Build a VLM from a bare causal LM and an encoder (the DPA paper's setting)."""
-    from .upgrade import build as run
+    from .surgery.pipeline import build as run
 
     loading = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
     loading |= {"revision": revision, "encoder_revision": encoder_revision}

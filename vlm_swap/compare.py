@@ -263,7 +263,7 @@ def run(exp: Experiment, arms: list[Arm], out: Path, *, console=None, progress: 
 
 
 def _upgrade(exp: Experiment, arm: Arm, d: Path, say, progress: bool) -> None:
-    from .upgrade import upgrade
+    from .surgery.pipeline import upgrade
 
     d.mkdir(parents=True, exist_ok=True)
     if not (d / "arm.json").is_file():

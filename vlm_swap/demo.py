@@ -28,8 +28,8 @@ def run_demo(out_dir: Path, console: Console) -> dict:
     from .evaluation import score
     from .generation import generate_answer
     from .inspection import inspect_source
+    from .surgery.pipeline import prepare, upgrade
     from .train.run import train
-    from .upgrade import prepare, upgrade
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():

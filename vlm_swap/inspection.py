@@ -18,8 +18,10 @@ from .catalog import CATALOG
 from .checkpoints.atomic import read_json
 from .checkpoints.guards import PROVENANCE_NAME
 from .checkpoints.resolve import looks_local, weight_files
+from .checkpoints.safe import open_safetensors
 from .errors import VlmSwapError
-from .sources import CAUSAL_LM, Source, describe, detect_adapter, open_safetensors, open_source
+from .surgery.layouts import CAUSAL_LM, detect_layout
+from .surgery.source import Source, describe, open_source
 
 
 def _meta_model(config, causal: bool = False, trust_remote_code: bool = False):
@@ -42,7 +44,7 @@ def inspect_source(source: str, *, trust_remote_code: bool = False) -> dict[str,
         if entry.role in ("perceiver", "vit"):
             return inspect_encoder_entry(entry)
         config = entry.config()
-        adapter = CAUSAL_LM if entry.role == "llm" else detect_adapter(config)
+        adapter = CAUSAL_LM if entry.role == "llm" else detect_layout(config)
         src = Source(Path(entry.hub_id), adapter, config)
     else:
         src = open_source(source, weights=False, trust_remote_code=trust_remote_code)

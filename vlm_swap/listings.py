@@ -11,7 +11,7 @@ from .connectors import CONNECTORS
 from .encoders import ENCODERS
 from .errors import VlmSwapError
 from .llms import LLMS
-from .sources import SOURCES
+from .surgery.layouts import SOURCES
 
 
 def listing(what: str, pattern: str = "*") -> dict[str, dict]:

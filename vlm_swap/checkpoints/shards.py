@@ -38,6 +38,20 @@ COPY_CHUNK = 256 * 1024**2  # bytes per copy_file_range / write call (the copy i
 Piece = torch.Tensor | FileRange
 
 
+@dataclass(frozen=True)
+class TensorStream:
+    """A tensor to write, described before its bytes exist: ``pieces()`` produces exactly its bytes.
+
+    ``source_offset``: where the bytes start in the file they are copied from, when they are a copy.
+    """
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    pieces: Callable[[], Iterable[Piece]]
+    source_offset: int | None = None
+
+
 @dataclass
 class _Entry:
     name: str
@@ -53,10 +67,11 @@ class ShardWriter:
 
     ``add`` registers an in-memory tensor, ``add_stream`` a tensor produced piece by piece: byte
     ranges of other files (an unchanged tensor of a source shard) and tensors (e.g. row blocks of
-    a cast). A shard is planned from the registered dtypes and shapes, its header written, then its
-    tensor bytes, so no shard is ever held in memory and byte ranges are copied inside the kernel
-    (``copy_file_range``). Tensors are written at their planned offsets by up to ``workers`` threads
-    at once (the copies release the GIL).
+    a cast); ``add_shards`` registers groups of ``TensorStream``, each starting a shard. A shard is
+    planned from the registered dtypes and shapes, its header written, then its tensor bytes, so no
+    shard is ever held in memory and byte ranges are copied inside the kernel (``copy_file_range``).
+    Tensors are written at their planned offsets by up to ``workers`` threads at once (the copies
+    release the GIL).
 
     ``flush`` starts writing, in the background, the shards that ``end_shard`` has closed: their
     tensors are final, so the caller can go on working (loading an encoder, say) while they are
@@ -111,6 +126,13 @@ class ShardWriter:
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         self.add_stream(name, tensor.dtype, tuple(tensor.shape), lambda: (tensor,))
+
+    def add_shards(self, shards: Iterable[Iterable[TensorStream]]) -> None:
+        """Register each group of ``shards`` from the start of a new shard (it may be split at ``max_bytes``)."""
+        for streams in shards:
+            self.end_shard()
+            for t in streams:
+                self.add_stream(t.name, t.dtype, t.shape, t.pieces, t.source_offset)
 
     def end_shard(self) -> None:
         """Start a new shard with the next tensor (e.g. to follow the shards of a source)."""

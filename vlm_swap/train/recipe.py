@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from ..errors import VlmSwapError
-from ..sources import data_dir
+from ..surgery.layouts import data_dir
 
 MODES = ("frozen", "full", "lora")
 SCHEDULERS = ("cosine", "wsd", "linear", "constant")

@@ -1,35 +1,34 @@
-"""Source checkpoints: adapter specs (``adapters/*.yaml``) and reading a source into its parts.
+"""Source layouts: where each family of existing VLMs keeps its parts (``adapters/*.yaml``).
 
-An adapter spec says, for one family of existing VLMs, which config keys hold the LLM config,
-the vision config and the image token, how the LLM config becomes the config of a plain causal LM
-(``llm_config``: rebuilt as another model type, keys inherited from the top level or dropped, or
-read from a flat config.json that transformers' AutoConfig would misread), and which weight-key
-prefixes belong to the LLM (with their renaming into a plain causal LM), the encoder and the
-connector; the longest matching prefix decides. Reading a source never loads weights: it opens the
-weight shards lazily (``Source.open``: a reader per file, safetensors or,
-with ``allow_pickle``, pickle read ``weights_only``) so the LLM can be streamed to the output.
+A layout (``SourceLayout``) says, for one family of existing VLMs, which config keys hold the LLM
+config, the vision config and the image token, how the LLM config becomes the config of a plain
+causal LM (``llm_config``: rebuilt as another model type, keys inherited from the top level or
+dropped, or read from a flat config.json that transformers' AutoConfig would misread), and which
+weight-key prefixes belong to the LLM (with their renaming into a plain causal LM), the encoder and
+the connector; the longest matching prefix decides. The layouts are declarative data, loaded and
+checked once into ``SOURCES``; ``CAUSAL_LM`` is the layout of a bare LLM (``build``). Reading a
+checkpoint through its layout is ``source``'s. (The files' folder keeps its name, ``adapters/``.)
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import yaml
-from transformers import AutoConfig, PreTrainedConfig
 
-from .checkpoints.resolve import resolve_source, weight_files
-from .checkpoints.safe import load_config, open_safetensors, open_weights
-from .errors import VlmSwapError
-from .registry import Registry
+from ..errors import VlmSwapError
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig
 
 
 def data_dir(name: str) -> Path:
     """``adapters`` / ``recipes``: beside the package in a checkout, inside it in a wheel."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent
     for candidate in (here.parent / name, here / "_data" / name):
         if candidate.is_dir():
             return candidate
@@ -77,7 +76,7 @@ class LLMConfigSpec:
 
 
 @dataclass(frozen=True)
-class AdapterSpec:
+class SourceLayout:
     """Where one source family keeps its parts (see ``adapters/llava.yaml``)."""
 
     id: str
@@ -93,7 +92,7 @@ class AdapterSpec:
     chat_template: str | None = None  # used when neither the source's processor nor its tokenizer has one
 
     @classmethod
-    def from_yaml(cls, path: Path) -> AdapterSpec:
+    def from_yaml(cls, path: Path) -> SourceLayout:
         raw = yaml.safe_load(path.read_text())
         known = {"id", "help", "architectures", "model_types", "config", "weights", "llm_config", "chat_template"}
         if unknown := set(raw) - known:
@@ -144,6 +143,8 @@ class AdapterSpec:
 
     def text_config_of(self, config: PreTrainedConfig) -> PreTrainedConfig:
         """The LLM config of a source config, as the config of a plain causal LM."""
+        from transformers import AutoConfig  # imported when a config is built: reading the layouts does without it
+
         base = config if self.llm_config.flat else getattr(config, self.config.get("text_config", "text_config"))
         spec = self.llm_config
         if not spec.rebuilds:
@@ -163,6 +164,8 @@ class AdapterSpec:
 
     def flat_config(self, raw: dict) -> PreTrainedConfig | None:
         """A flat config.json of this layout (matched by architecture) as its LLM's config class, else None."""
+        from transformers import AutoConfig  # imported when a config is built: reading the layouts does without it
+
         archs = raw.get("architectures") or []
         if not self.llm_config.flat or not set(archs) & set(self.architectures):
             return None
@@ -178,89 +181,23 @@ class AdapterSpec:
             raise VlmSwapError(f"cannot read the flat {archs[0]} config as {model_type}: {exc}") from exc
 
 
-SOURCES: Registry[AdapterSpec] = Registry("source")
+SOURCES: Registry[SourceLayout] = Registry("source")
 
 
-def _load_adapters() -> None:
+def _load_layouts() -> None:
     for path in sorted(data_dir("adapters").glob("*.yaml")):
-        spec = AdapterSpec.from_yaml(path)
+        spec = SourceLayout.from_yaml(path)
         SOURCES.register(spec.id, spec)
 
 
-_load_adapters()
+_load_layouts()
 
 #: A bare causal LM (the ``build`` command's input): every weight is the LLM's, keys unchanged.
-CAUSAL_LM = AdapterSpec("causal-lm", "a bare causal LM", (), (), {}, {"": ""})
+CAUSAL_LM = SourceLayout("causal-lm", "a bare causal LM", (), (), {}, {"": ""})
 
 
-@dataclass
-class Source:
-    """A source checkpoint opened for reading: config, adapter and lazily opened weight files."""
-
-    path: Path
-    adapter: AdapterSpec
-    config: PreTrainedConfig
-    weight_files: list[Path] = field(default_factory=list)
-    allow_pickle: bool = False
-
-    @property
-    def text_config(self) -> PreTrainedConfig:
-        if self.adapter is CAUSAL_LM:
-            return self.config
-        return self.adapter.text_config_of(self.config)
-
-    @property
-    def vision_config(self) -> PreTrainedConfig | None:
-        key = self.adapter.config.get("vision_config")
-        return getattr(self.config, key, None) if key else None
-
-    @property
-    def image_token_id(self) -> int | None:
-        key = self.adapter.config.get("image_token_id")
-        return getattr(self.config, key, None) if key else None
-
-    def config_value(self, field: str):
-        """The value of an adapter config field (``connector_type``, ``vision_tower``, ...), or None."""
-        key = self.adapter.config.get(field)
-        return getattr(self.config, key, None) if key else None
-
-    def open(self, path: Path):
-        """A reader (``keys()`` / ``get_tensor(key)``, a context manager) for one of ``weight_files``."""
-        return open_weights(path, allow_pickle=self.allow_pickle)
-
-    def tensors(self) -> dict[str, Path]:
-        """Every weight key of the source and the shard that holds it."""
-        out: dict[str, Path] = {}
-        for f in self.weight_files:
-            with self.open(f) as st:
-                out.update(dict.fromkeys(st.keys(), f))
-        return out
-
-    def check_parts(self) -> None:
-        """Refuse a checkpoint that lacks every weight of a part its layout requires."""
-        present = {self.adapter.part_of(k) for k in self.tensors()}
-        for part in self.adapter.required_parts:
-            if part not in present:
-                where = ", ".join(f"{p}*" for p in self.adapter.prefixes(part))
-                raise VlmSwapError(
-                    f"{self.path}: no {part} weights ({where}): an incomplete {self.adapter.id} checkpoint"
-                )
-
-
-def load_source_config(path: str | Path, trust_remote_code: bool = False) -> PreTrainedConfig:
-    """The config of a checkpoint dir; a flat layout (original LLaVA) is recognised from the raw file first."""
-    raw_path = Path(path) / "config.json"
-    try:
-        raw = json.loads(raw_path.read_text()) if raw_path.is_file() else {}
-    except (OSError, ValueError) as exc:
-        raise VlmSwapError(f"cannot read {raw_path}: {exc}") from exc
-    for _, spec in SOURCES.items():
-        if (flat := spec.flat_config(raw if isinstance(raw, dict) else {})) is not None:
-            return flat
-    return load_config(path, trust_remote_code)
-
-
-def detect_adapter(config: PreTrainedConfig) -> AdapterSpec:
+def detect_layout(config: PreTrainedConfig) -> SourceLayout:
+    """The layout a VLM config matches; a causal LM or an unknown VLM is refused, saying what to do."""
     for _, spec in SOURCES.items():
         if spec.matches(config):
             return spec
@@ -268,51 +205,3 @@ def detect_adapter(config: PreTrainedConfig) -> AdapterSpec:
     if getattr(config, "architectures", None) and any(a.endswith("ForCausalLM") for a in config.architectures):
         raise VlmSwapError(f"{archs} is a causal LM, not a VLM; use `vlm-swap build --llm ...` to start from an LLM")
     raise VlmSwapError(f"not a supported VLM ({archs}); supported sources: {', '.join(SOURCES.ids())}")
-
-
-def open_source(
-    source: str,
-    *,
-    weights: bool = True,
-    bare_llm: bool = False,
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
-    revision: str | None = None,
-) -> Source:
-    """Resolve and open a source: a VLM (default) or a bare causal LM (``bare_llm``)."""
-    path = Path(resolve_source(source, config_only=not weights, revision=revision, allow_pickle=allow_pickle))
-    config = load_source_config(path, trust_remote_code)
-    if bare_llm:
-        vlm = getattr(config, "text_config", None) is not None or getattr(config, "vision_config", None) is not None
-        if vlm or any(spec.llm_config.flat and spec.matches(config) for _, spec in SOURCES.items()):
-            raise VlmSwapError(f"{source} is a VLM ({describe(config)}), not a bare LLM; {_what_to_do_with(config)}")
-        adapter = CAUSAL_LM
-    else:
-        adapter = detect_adapter(config)
-    files = weight_files(path, required=weights, allow_pickle=allow_pickle) if weights else []
-    src = Source(path, adapter, config, files, allow_pickle)
-    if files:
-        src.check_parts()
-    return src
-
-
-def _what_to_do_with(config: PreTrainedConfig) -> str:
-    """What a VLM given to ``build`` can be used for: a source of ``upgrade``, a perceiver, or neither."""
-    from .encoders.perceiver import PERCEIVER_FAMILIES
-
-    if any(spec.matches(config) for _, spec in SOURCES.items()):
-        return "use `vlm-swap upgrade` for VLMs"
-    if config.model_type in PERCEIVER_FAMILIES:
-        return (
-            "upgrade does not take this layout as a source, but it can be the encoder: "
-            "`vlm-swap build --llm LLM --encoder perceiver:PATH` or `vlm-swap upgrade SRC --encoder perceiver:PATH`"
-        )
-    return f"neither build nor upgrade takes it (upgrade's sources: {', '.join(SOURCES.ids())})"
-
-
-def describe(config: Any) -> str:
-    archs = getattr(config, "architectures", None) or [config.model_type]
-    return archs[0]
-
-
-__all__ = ["AdapterSpec", "SOURCES", "Source", "load_config", "open_safetensors", "open_source"]
