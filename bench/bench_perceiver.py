@@ -117,8 +117,7 @@ def main() -> None:
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
     from vlm_swap import zoo
-    from vlm_swap.encoders import PerceiverEncoder
-    from vlm_swap.encoders.perceiver import DEFAULT_SYSTEM_PROMPT
+    from vlm_swap.encoders.perceiver import DEFAULT_SYSTEM_PROMPT, PerceiverEncoder
 
     path = build_perceiver(args.work / "qwen3-vl", max_pixels=max(args.size, 64) ** 2)
     loaded = PerceiverEncoder.load(str(path), dtype=None, trust_remote_code=False)

@@ -6,8 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vlm_swap.encoders import PerceiverEncoder
-from vlm_swap.encoders.perceiver import DEFAULT_SYSTEM_PROMPT, PERCEIVER_FAMILIES, check_family
+from vlm_swap.encoders.perceiver import DEFAULT_SYSTEM_PROMPT, PERCEIVER_FAMILIES, PerceiverEncoder, check_family
 from vlm_swap.errors import VlmSwapError
 
 FAMILIES = ["qwen3_vl", "qwen2_5_vl", "qwen2_vl", "idefics3", "llava_onevision", "gemma3"]

@@ -9,9 +9,9 @@ import torch
 
 from vlm_swap import registry
 from vlm_swap.connectors import CONNECTORS
-from vlm_swap.encoders import ENCODERS, EncoderSpec
+from vlm_swap.encoders import BUILT_IN_KINDS, ENCODERS, EncoderSpec
 from vlm_swap.errors import VlmSwapError
-from vlm_swap.registry import Registry, UnknownIdError
+from vlm_swap.registry import Lazy, Registry, UnknownIdError
 
 
 def test_unknown_id_suggests_the_closest():
@@ -35,6 +35,26 @@ def test_duplicates_and_bad_ids_refused():
         reg.register("a-b", 2)
     with pytest.raises(ValueError, match="kebab-case"):
         reg.register("Bad_Id", 3)
+
+
+def test_lazy_entries_are_listed_as_their_stand_in_until_looked_up():
+    reg = Registry("thing")
+    reg.register("dumps", Lazy("json:dumps", "stand-in"))
+    assert dict(reg.listed()) == {"dumps": "stand-in"}
+    import json
+
+    assert reg.get("dumps") is json.dumps and dict(reg.items()) == dict(reg.listed()) == {"dumps": json.dumps}
+
+
+@pytest.mark.parametrize("kind", sorted(BUILT_IN_KINDS))
+def test_encoder_kinds_list_the_facts_of_their_backend_classes(kind):
+    listed, backend = BUILT_IN_KINDS[kind].listed, BUILT_IN_KINDS[kind].load()
+    assert backend.kind == kind and ENCODERS.get(kind) is backend
+    assert (listed.help, listed.input_names, listed.uses_boundaries) == (
+        backend.help,
+        backend.input_names,
+        backend.uses_boundaries,
+    )
 
 
 def test_encoder_spec_parsing():

@@ -5,16 +5,23 @@ Every id table in vlm-swap (encoder kinds, connectors, LLM families, sources, ca
 list of known ids. Third-party packages add entries through the ``vlm_swap.plugins`` entry-point
 group: each entry point names a callable that is called once with no arguments and registers
 what it brings (e.g. ``ENCODERS.register("my-vit", MyBackend)``).
+
+An entry whose module is costly to import (an encoder backend: torch, transformers, its own library) is
+registered as ``Lazy("module:attribute", listed)``: the first lookup imports it, and listings show
+``listed`` (an object with the attributes they read) until then, as transformers' lazy auto mappings
+keep class names until a class is asked for. So ``vlm-swap list`` imports none of those modules.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from importlib import metadata
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .errors import VlmSwapError
 
@@ -31,6 +38,19 @@ class UnknownIdError(VlmSwapError, KeyError):
         return self.args[0]
 
 
+@dataclass(frozen=True)
+class Lazy:
+    """An entry imported on first lookup: ``target`` is ``"module:attribute"``; ``listed`` stands in for it in
+    listings until then."""
+
+    target: str
+    listed: Any
+
+    def load(self) -> Any:
+        module, _, attribute = self.target.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
 class Registry(Generic[T]):
     """A named table of ``id -> entry``, refusing duplicates and suggesting close ids."""
 
@@ -38,7 +58,7 @@ class Registry(Generic[T]):
         self.what = what
         self._entries: dict[str, T] = {}
 
-    def register(self, id: str, entry: T) -> T:
+    def register(self, id: str, entry: T | Lazy) -> T | Lazy:
         if not _ID.match(id):
             raise ValueError(f"{self.what} id {id!r} must be lower-case kebab-case (letters, digits, '-', '.')")
         if id in self._entries:
@@ -49,12 +69,15 @@ class Registry(Generic[T]):
     def get(self, id: str) -> T:
         load_plugins()
         try:
-            return self._entries[id]
+            entry = self._entries[id]
         except KeyError:
             known = ", ".join(sorted(self._entries)) or "none"
             raise UnknownIdError(
                 f"unknown {self.what} {id!r}{did_you_mean(id, self._entries)} (known: {known})"
             ) from None
+        if isinstance(entry, Lazy):
+            entry = self._entries[id] = entry.load()
+        return entry
 
     def close_ids(self, id: str) -> list[str]:
         """The registered ids closest to ``id`` (for a "did you mean" where ``id`` failed as something else)."""
@@ -71,7 +94,13 @@ class Registry(Generic[T]):
 
     def items(self, pattern: str = "*") -> Iterator[tuple[str, T]]:
         for i in self.ids(pattern):
-            yield i, self._entries[i]
+            yield i, self.get(i)
+
+    def listed(self, pattern: str = "*") -> Iterator[tuple[str, Any]]:
+        """Like ``items``, without importing lazy entries: their ``listed`` stands in for them."""
+        for i in self.ids(pattern):
+            entry = self._entries[i]
+            yield i, entry.listed if isinstance(entry, Lazy) else entry
 
     def __len__(self) -> int:
         return len(self._entries)

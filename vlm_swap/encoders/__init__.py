@@ -1,20 +1,61 @@
-"""Encoder backends by kind, and the ``KIND:SOURCE`` spec the CLI takes."""
+"""Encoder backends by kind, and the ``KIND:SOURCE`` spec the CLI takes.
+
+A kind's backend module (with torch, transformers and the kind's own library) is imported on its first
+lookup; until then its entry shows listings an ``EncoderKind`` with the backend class's own facts, so
+``vlm-swap list encoders`` imports none of them (``tests/test_registry.py`` checks the facts against
+the classes).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import VlmSwapError
-from ..registry import Registry
-from .base import EncoderBackend, LoadedEncoder
-from .hf_vit import HFViTEncoder
-from .open_clip_vit import OpenCLIPEncoder
-from .perceiver import PerceiverEncoder
-from .timm_vit import TimmViTEncoder
+from ..registry import Lazy, Registry
 
+if TYPE_CHECKING:
+    from .base import EncoderBackend
+
+
+@dataclass(frozen=True)
+class EncoderKind:
+    """What listings read of a backend class (``help``, ``input_names``, ``uses_boundaries``), without it."""
+
+    help: str
+    input_names: tuple[str, ...] = ("pixel_values",)
+    uses_boundaries: bool = False
+
+
+#: the built-in kinds: backend class (imported on first lookup) and what listings show until then
+BUILT_IN_KINDS = {
+    "perceiver": Lazy(
+        "vlm_swap.encoders.perceiver:PerceiverEncoder",
+        EncoderKind(
+            "a small VLM (Qwen-VL, SmolVLM, LLaVA-OneVision, Gemma 3) whose last-layer image states are the features",
+            ("pixel_values", "image_grid_thw", "pixel_attention_mask", "tile_grid", "image_sizes"),
+            uses_boundaries=True,
+        ),
+    ),
+    "hf-vit": Lazy(
+        "vlm_swap.encoders.hf_vit:HFViTEncoder",
+        EncoderKind(
+            "CLIP / SigLIP / SigLIP2 vision tower from transformers (feature layer, CLS handled)",
+            ("pixel_values", "pixel_attention_mask", "spatial_shapes"),
+        ),
+    ),
+    "timm": Lazy(
+        "vlm_swap.encoders.timm_vit:TimmViTEncoder",
+        EncoderKind("any timm ViT via transformers' TimmWrapperModel (feature layer, CLS/register tokens dropped)"),
+    ),
+    "open-clip": Lazy(
+        "vlm_swap.encoders.open_clip_vit:OpenCLIPEncoder",
+        EncoderKind("OpenCLIP visual tower from an open_clip hub dir (feature layer, CLS dropped)"),
+    ),
+}
 ENCODERS: Registry[type[EncoderBackend]] = Registry("encoder kind")
-for _cls in (PerceiverEncoder, HFViTEncoder, TimmViTEncoder, OpenCLIPEncoder):
-    ENCODERS.register(_cls.kind, _cls)
+for _kind, _entry in BUILT_IN_KINDS.items():
+    ENCODERS.register(_kind, _entry)
 
 
 @dataclass(frozen=True)
@@ -36,13 +77,4 @@ class EncoderSpec:
         return f"{self.kind}:{self.source}"
 
 
-__all__ = [
-    "ENCODERS",
-    "EncoderBackend",
-    "EncoderSpec",
-    "LoadedEncoder",
-    "HFViTEncoder",
-    "OpenCLIPEncoder",
-    "PerceiverEncoder",
-    "TimmViTEncoder",
-]
+__all__ = ["BUILT_IN_KINDS", "ENCODERS", "EncoderKind", "EncoderSpec"]

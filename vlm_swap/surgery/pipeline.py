@@ -42,7 +42,8 @@ from ..checkpoints.resolve import resolve_source
 from ..checkpoints.shards import DEFAULT_SHARD_BYTES, ShardWriter
 from ..compat import Check, EncoderFacts, LLMFacts, check_pair, require_compatible
 from ..connectors import CONNECTORS
-from ..encoders import ENCODERS, EncoderSpec, LoadedEncoder
+from ..encoders import ENCODERS, EncoderSpec
+from ..encoders.base import LoadedEncoder
 from ..errors import VlmSwapError
 from ..llms import LLMFamily, detect_family
 from ..modeling import SwapVLMConfig, SwapVLMProcessor

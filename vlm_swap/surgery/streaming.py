@@ -23,7 +23,7 @@ from transformers.initialization import no_init_weights
 
 from ..checkpoints.shards import TensorStream
 from ..checkpoints.tensors import FileRange, SourceTensor
-from ..encoders import LoadedEncoder
+from ..encoders.base import LoadedEncoder
 from ..errors import VlmSwapError
 from .source import Source
 
