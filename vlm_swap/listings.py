@@ -1,4 +1,7 @@
-"""Listings for ``vlm-swap list`` and ``vlm-swap pairs``: plain dicts, JSON-able, keyed by id."""
+"""Listings for ``vlm-swap list`` and ``vlm-swap pairs``: plain dicts, JSON-able, keyed by id.
+
+Everything here is data or pure Python: listing and pairing import neither torch nor transformers.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +19,9 @@ from .surgery.layouts import SOURCES
 
 def listing(what: str, pattern: str = "*") -> dict[str, dict]:
     if what == "encoders":
-        return {
+        return {  # without importing the backends (and torch)
             k: {"help": c.help, "inputs": ", ".join(c.input_names), "boundary_rows": c.uses_boundaries}
-            for k, c in ENCODERS.items(pattern)
+            for k, c in ENCODERS.listed(pattern)
         }
     if what == "connectors":
         return {k: {"help": c.help} for k, c in CONNECTORS.items(pattern)}

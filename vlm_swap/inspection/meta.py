@@ -1,27 +1,31 @@
-"""``vlm-swap inspect``: what a checkpoint is made of, from its config alone.
+"""``inspect`` by building the model on the meta device: a checkpoint, or a catalog architecture.
 
 The model is built on the meta device (no memory, no weights read), so a directory holding only
 a config.json gives the same architecture, part sizes and parameter counts as a full checkpoint.
 A layout whose config describes only the LLM (original LLaVA: the tower is referenced by name)
 has its other parts counted from the safetensors headers when the weights are there.
+
+The catalog's stored reports are these builds: ``python -m vlm_swap.inspection.meta`` rewrites
+``vlm_swap/catalog/reports.json`` after a catalog family file changed.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
-from .catalog import CATALOG
-from .checkpoints.atomic import read_json
-from .checkpoints.guards import PROVENANCE_NAME
-from .checkpoints.resolve import looks_local, weight_files
-from .checkpoints.safe import open_safetensors
-from .errors import VlmSwapError
-from .surgery.layouts import CAUSAL_LM, detect_layout
-from .surgery.source import Source, describe, open_source
+from ..catalog import BUILT_IN, CATALOG, REPORTS
+from ..checkpoints.atomic import read_json, write_text
+from ..checkpoints.guards import PROVENANCE_NAME
+from ..checkpoints.resolve import looks_local, weight_files
+from ..checkpoints.safe import open_safetensors
+from ..errors import VlmSwapError
+from ..surgery.layouts import CAUSAL_LM, detect_layout
+from ..surgery.source import Source, describe, open_source
 
 
 def _meta_model(config, causal: bool = False, trust_remote_code: bool = False):
@@ -37,8 +41,8 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # tied parameters are counted once
 
 
-def inspect_source(source: str, *, trust_remote_code: bool = False) -> dict[str, Any]:
-    """A JSON-able report of a source VLM, an upgraded vlm-swap model, or a catalog VLM/LLM (offline)."""
+def inspect_built(source: str, *, trust_remote_code: bool = False) -> dict[str, Any]:
+    """A JSON-able report of a source VLM, an upgraded vlm-swap model, or a catalog model (offline)."""
     if source in CATALOG and not looks_local(source):
         entry = CATALOG.get(source)
         if entry.role in ("perceiver", "vit"):
@@ -127,7 +131,7 @@ def _swap_vlm_rows(src) -> int | None:
         return None  # a config-only snapshot
     from PIL import Image
 
-    from .modeling import SwapVLMProcessor
+    from ..modeling import SwapVLMProcessor
 
     try:
         processor = SwapVLMProcessor.from_pretrained(str(src.path))
@@ -190,3 +194,13 @@ def inspect_encoder_entry(entry) -> dict[str, Any]:
 
 def _is_text(name: str) -> bool:
     return "language_model" in name or "text_model" in name
+
+
+def catalog_reports() -> dict[str, dict[str, Any]]:
+    """The report of every built-in catalog entry with an architecture, as ``reports.json`` holds them."""
+    return {id: inspect_built(id) for id in sorted(BUILT_IN) if CATALOG.get(id).arch is not None}
+
+
+if __name__ == "__main__":
+    write_text(REPORTS, json.dumps(catalog_reports(), indent=2) + "\n")
+    print(f"wrote {REPORTS}")
