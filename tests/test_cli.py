@@ -309,7 +309,8 @@ def _importing_torch(pid: int) -> bool:
 @pytest.mark.slow
 def test_ctrl_c_while_starting_or_training_is_one_line(tmp_path, llava, vit):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = _interrupt([*cli_command(), "list", "encoders"], env, _importing_torch)
+    # inspecting a path imports torch (listings import nothing heavy, so they start too fast to interrupt)
+    done = _interrupt([*cli_command(), "inspect", str(tmp_path / "missing")], env, _importing_torch)
     assert done.returncode == 130 and done.stderr.strip() == "interrupted while starting; nothing was done", done
 
     up = tmp_path / "up"

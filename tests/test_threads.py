@@ -37,10 +37,10 @@ def test_a_cgroup_quota_caps_the_usable_cores(tmp_path, monkeypatch):
     assert usable_cores() == len(os.sched_getaffinity(0))
 
 
-def _cli_threads(env_extra: dict, cpus: set[int] | None = None) -> str:
+def _cli_threads(model, env_extra: dict, cpus: set[int] | None = None) -> str:
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | env_extra | {"CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run(
-        [*cli_command(), "--debug", "list", "connectors", "--json"],
+    done = subprocess.run(  # a command that imports torch (listings do not, so they set no threads)
+        [*cli_command(), "--debug", "inspect", str(model), "--json"],
         capture_output=True,
         text=True,
         env=env,
@@ -51,7 +51,7 @@ def _cli_threads(env_extra: dict, cpus: set[int] | None = None) -> str:
     return next(line for line in done.stderr.splitlines() if line.startswith("torch CPU threads:"))
 
 
-def test_the_command_uses_the_cores_it_may_use_and_leaves_omp_num_threads_alone():
+def test_the_command_uses_the_cores_it_may_use_and_leaves_omp_num_threads_alone(llava):
     one = {min(os.sched_getaffinity(0))}
-    assert _cli_threads({}, one).startswith("torch CPU threads: 1 (usable cores 1,")
-    assert _cli_threads({"OMP_NUM_THREADS": "3"}) == "torch CPU threads: OMP_NUM_THREADS=3 (left as set)"
+    assert _cli_threads(llava(), {}, one).startswith("torch CPU threads: 1 (usable cores 1,")
+    assert _cli_threads(llava(), {"OMP_NUM_THREADS": "3"}) == "torch CPU threads: OMP_NUM_THREADS=3 (left as set)"
