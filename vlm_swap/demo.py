@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .checkpoints.atomic import write_json
-from .compat import verdict
 from .errors import VlmSwapError
+from .pairing import verdict
 
 MARKER = "report.json"
 TRAIN_SCENES, EVAL_SCENES = 5000, 200

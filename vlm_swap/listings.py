@@ -9,11 +9,11 @@ import fnmatch
 from dataclasses import asdict
 
 from .catalog import CATALOG
-from .compat import as_dicts, check_pair, encoder_facts, llm_facts, verdict
 from .connectors import CONNECTORS
 from .encoders import ENCODERS
 from .errors import VlmSwapError
 from .llms import LLMS
+from .pairing import as_dicts, check_pair, encoder_facts, llm_facts, verdict
 from .surgery.layouts import SOURCES
 
 

@@ -40,13 +40,13 @@ from ..checkpoints.guards import check_output_dir
 from ..checkpoints.model_files import write_model_extras
 from ..checkpoints.resolve import resolve_source
 from ..checkpoints.shards import DEFAULT_SHARD_BYTES, ShardWriter
-from ..compat import Check, EncoderFacts, LLMFacts, check_pair, require_compatible
 from ..connectors import CONNECTORS
 from ..encoders import ENCODERS, EncoderSpec
 from ..encoders.base import LoadedEncoder
 from ..errors import VlmSwapError
 from ..llms import LLMFamily, detect_family
 from ..modeling import SwapVLMConfig, SwapVLMProcessor
+from ..pairing import Check, EncoderFacts, LLMFacts, check_pair, require_compatible
 from .source import Source, SourceParts, open_source, read_parts
 from .streaming import check_llm_shapes, encoder_shards, llm_skeleton, plan_llm
 from .tokens import Target, plan_target, template_is_text_only
