@@ -13,13 +13,9 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import MixtralConfig, MixtralModel, TimmWrapperModel
 
 import vlm_swap
-from vlm_swap.compat import hf_auto_dtype, hf_checkpoint_keys
 from vlm_swap.encoders import ENCODERS
-from vlm_swap.encoders.streaming import meta_module
-from vlm_swap.encoders.timm_vit import timm_config
 from vlm_swap.errors import VlmSwapError
 from vlm_swap.zoo.perceivers import PERCEIVER_BUILD_FAMILIES
 
@@ -94,45 +90,3 @@ def test_weights_of_another_shape_than_the_config_fail_in_one_line_naming_the_we
     with pytest.raises(VlmSwapError, match=r"weight 'encoder\.layers\.0\.mlp\.fc1\.weight' has shape .* mismatch"):
         vlm_swap.upgrade(str(llava()), f"hf-vit:{enc}", out)
     assert not out.exists()
-
-
-# ---- the wrappers of transformers' loading rules (vlm_swap.compat) ----------------------------------------
-
-
-def test_checkpoint_keys_follow_the_renamings_and_refuse_conversions(perceiver):
-    from transformers import AutoConfig, AutoModel
-
-    from vlm_swap.checkpoints.tensors import read_safetensors_header
-
-    # LLaVA-OneVision checkpoints keep the legacy layout (language_model.model.*): renamed, the prefix handled.
-    path = perceiver("llava_onevision")
-    model = meta_module(lambda: AutoModel.from_config(AutoConfig.from_pretrained(path)))
-    keys = list(read_safetensors_header(path / "model.safetensors"))
-    found = hf_checkpoint_keys(model, [*keys, "not.a.weight"])
-    assert found["language_model.embed_tokens.weight"] == "language_model.model.embed_tokens.weight"
-    assert found["vision_tower.post_layernorm.weight"] == "vision_tower.post_layernorm.weight"
-    assert set(found) == set(model.state_dict()) and "not.a.weight" not in found.values()
-
-    # Mixtral's per-expert weights are fused on load (a WeightConverter): not a renaming, so None.
-    cfg = MixtralConfig(
-        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, num_local_experts=2,
-    )  # fmt: skip
-    moe = meta_module(lambda: MixtralModel(cfg))
-    experts = [f"layers.0.block_sparse_moe.experts.{i}.w{j}.weight" for i in range(2) for j in (1, 2, 3)]
-    assert hf_checkpoint_keys(moe, ["embed_tokens.weight"]) == {"embed_tokens.weight": "embed_tokens.weight"}
-    assert hf_checkpoint_keys(moe, ["embed_tokens.weight", *experts]) is None
-
-
-def test_auto_dtype_is_the_one_from_pretrained_gives_a_config_without_dtype(tmp_path, vision_lib):
-    """timm configs carry no dtype: from_pretrained(dtype="auto") takes the first floating tensor's."""
-    enc = tmp_path / "timm-bf16"
-    shutil.copytree(vision_lib("timm"), enc)
-    tensors = load_file(enc / "model.safetensors")
-    save_file({k: v.to(torch.bfloat16) for k, v in tensors.items()}, enc / "model.safetensors")
-    raw = json.loads((enc / "config.json").read_text())
-    config = timm_config(raw, str(enc))
-    assert config.dtype is None
-    hf_auto_dtype(config, [enc / "model.safetensors"], None)
-    loaded = TimmWrapperModel.from_pretrained(enc, config=timm_config(raw, str(enc)), dtype="auto")
-    assert config.dtype == loaded.config.dtype == torch.bfloat16

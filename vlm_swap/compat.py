@@ -1,12 +1,32 @@
-"""Every use of a private API of a dependency, each behind one wrapper with a test: transformers' loading rules,
-used to stream an encoder's weights as ``from_pretrained`` would load them; accelerate's FSDP state on CPU.
+"""Every use of a private API of a dependency, each behind one small wrapper with a test (``tests/test_compat.py``).
+
+A dependency's release may change what is not its public API without notice; here each such use is one function,
+named for what vlm-swap needs from it, so a break shows in one test and is fixed in one place:
+
+- transformers: what ``from_pretrained`` does with a checkpoint without loading it (dtype, key renaming), the
+  auto-class names of a model type, weight initialisation switched off, the directory a model was loaded from,
+  LLaVA-OneVision's count of image features, the Trainer's checkpoint directory and rotation;
+- accelerate: its FSDP state on CPU processes; DeepSpeed: which parameters have a float32 master;
+- torch: the norms of many tensors at once, and the fallback for pickle files that cannot be memory-mapped;
+- open_clip: its vision-tower builder; safetensors: the OS error inside its error text.
+
+Methods vlm-swap overrides (transformers' ``GenerationMixin._validate_model_kwargs``, ``ProcessorMixin.
+_process_images``, the Trainer's ``_save_checkpoint`` and ``_get_train_sampler``) and the ``_no_split_modules``
+attribute it reads cannot go through a wrapper: the tests pin their existence, signature and use instead.
+
+The module imports nothing of vlm_swap and no dependency at module level: it is cheap to import, and the
+remote-code export can ship it beside the run-time code that uses it (LLaVA-OneVision's row count).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
 
-# ---- transformers internals: what ``from_pretrained`` does with a checkpoint, without loading it ---------------
+# ---- transformers: what ``from_pretrained`` does with a checkpoint, without loading it -----------------------
 
 
 def hf_auto_dtype(config, files: list, sharded_metadata: dict | None) -> None:
@@ -44,6 +64,83 @@ def hf_checkpoint_keys(model, keys) -> dict[str, str] | None:
     return found
 
 
+#: which auto class a catalog architecture names: its role -> the auto mapping of transformers' modeling_auto
+AUTO_MAPPINGS = {
+    "llm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+    "vit": "MODEL_MAPPING_NAMES",
+    "image-text-to-text": "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
+}
+
+
+def hf_architecture(task: str, model_type: str) -> str:
+    """The model class transformers' auto classes build for ``model_type`` as ``task`` (a key of ``AUTO_MAPPINGS``):
+    ``("llm", "llama")`` -> ``LlamaForCausalLM``; a KeyError for a model type the mapping lacks."""
+    from transformers.models.auto import modeling_auto
+
+    return getattr(modeling_auto, AUTO_MAPPINGS[task])[model_type]
+
+
+def no_weight_init():
+    """A context in which building a transformers model (or a torch module) initialises no weight: torch's
+    ``nn.init`` functions and ``PreTrainedModel.init_weights`` do nothing (used with ``torch.device("meta")``)."""
+    from transformers.initialization import no_init_weights
+
+    return no_init_weights()
+
+
+def loaded_from(model) -> Path:
+    """The path ``from_pretrained`` was given for ``model`` (a peft model: its base's), kept in its config; a local
+    directory whenever the model came from ``vlm_swap.load``, which resolves hub ids to their local snapshot."""
+    return Path(model.config.name_or_path)
+
+
+def llava_onevision_features(
+    height: int, width: int, view_h: int, view_w: int, *, pinpoints, num_image_tokens: int, vision_aspect_ratio: str
+) -> int:
+    """Image features (base view + unpadded grid + newline rows) LLaVA-OneVision's processor gives an image of
+    ``height x width`` cut into ``view_h x view_w`` views: its own counting rule, on its attributes alone (no
+    tokenizer, no image processor, no pixels)."""
+    from types import SimpleNamespace
+
+    from transformers import LlavaOnevisionProcessor
+
+    counter = LlavaOnevisionProcessor.__new__(LlavaOnevisionProcessor)
+    counter.image_processor = SimpleNamespace(image_grid_pinpoints=pinpoints)
+    counter.num_image_tokens = num_image_tokens
+    counter.vision_aspect_ratio = vision_aspect_ratio
+    return counter._get_number_of_features(height, width, view_h, view_w)
+
+
+# ---- transformers' Trainer: where a checkpoint is written, and which are kept ------------------------------
+
+
+def trainer_output_dir(trainer, trial=None) -> Path:
+    """The directory under which ``trainer`` writes a trial's ``checkpoint-N`` folders."""
+    return Path(trainer._get_output_dir(trial=trial))
+
+
+@contextlib.contextmanager
+def checkpoints_written_under(trainer, directory: Path) -> Iterator[None]:
+    """Within the block, ``Trainer._save_checkpoint`` of ``trainer`` writes its ``checkpoint-N`` folder under
+    ``directory`` (it asks ``_get_output_dir`` for the run directory) instead of the output dir."""
+    trainer._get_output_dir = lambda trial=None: str(directory)
+    try:
+        yield
+    finally:
+        del trainer._get_output_dir
+
+
+def rotate_checkpoints(directory: Path, limit: int | None, best: str | None) -> None:
+    """Delete the oldest ``checkpoint-N`` folders of ``directory`` (by step) beyond ``limit``, as the Trainer does
+    after a save: the newest and ``best`` are always kept; no limit keeps all."""
+    from transformers.trainer_utils import rotate_checkpoints as rotate
+
+    rotate(output_dir=str(directory), save_total_limit=limit, best_model_checkpoint=best, use_mtime=False)
+
+
+# ---- accelerate and DeepSpeed: distributed state ------------------------------------------------------------
+
+
 def keep_fsdp_on_cpu(accelerator) -> bool:
     """Run an ``accelerate launch`` FSDP config as FSDP on CPU processes (gloo) too; True when it does.
 
@@ -62,3 +159,54 @@ def keep_fsdp_on_cpu(accelerator) -> bool:
         if getattr(state, "fsdp_plugin", None) is None:
             state.fsdp_plugin = FullyShardedDataParallelPlugin()
     return state.distributed_type == DistributedType.FSDP
+
+
+def deepspeed_zero_mapped(param) -> bool:
+    """A parameter that a DeepSpeed ZeRO-1/2 optimizer links to its float32 master fragment (``link_hp_params``
+    gives it ``_hp_mapping``); ``deepspeed.utils.safe_get_full_fp32_param`` then reads the master."""
+    return hasattr(param, "_hp_mapping")
+
+
+# ---- torch ------------------------------------------------------------------------------------------------
+
+
+def tensor_norms(tensors: list) -> list:
+    """The 2-norm of each tensor (0-d tensors, on the tensors' devices), in one fused kernel per device and dtype."""
+    import torch
+
+    return list(torch._foreach_norm(tensors))
+
+
+def torch_load_tensors(path: Path):
+    """``torch.load`` of a pickle file with ``weights_only=True``, memory-mapped when its format allows (the zip
+    format); the legacy format, which torch refuses to map, is read whole."""
+    import torch
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):  # torch's refusal names mmap; anything else is a real error
+            raise
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+# ---- open_clip and safetensors ------------------------------------------------------------------------------
+
+
+def open_clip_vision_tower(embed_dim: int, vision_cfg: dict, quick_gelu: bool = False):
+    """The visual tower open_clip's own CLIP classes build from a model config's ``vision_cfg`` (randomly
+    initialised)."""
+    from open_clip.model import _build_vision_tower
+
+    return _build_vision_tower(embed_dim, vision_cfg, quick_gelu=quick_gelu)
+
+
+SAFETENSORS_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+def safetensors_errno(exc: BaseException) -> int | None:
+    """The OS error number a safetensors error wraps (``... (os error 28) ...`` in its message), else None."""
+    from safetensors import SafetensorError
+
+    m = SAFETENSORS_OS_ERROR.search(str(exc)) if isinstance(exc, SafetensorError) else None
+    return int(m.group(1)) if m else None

@@ -63,18 +63,13 @@ class CatalogEntry:
         """The full-size architecture as a transformers config (no download)."""
         arch = copy.deepcopy(self.published_config())  # transformers fills in sub-config dicts it is given
         from transformers import AutoConfig
-        from transformers.models.auto.modeling_auto import (
-            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-            MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
-            MODEL_MAPPING_NAMES,
-        )
+
+        from ..compat import hf_architecture
 
         model_type = arch.pop("model_type")
         cfg = AutoConfig.for_model(model_type, **arch)
-        names = {"llm": MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "vit": MODEL_MAPPING_NAMES}.get(
-            self.role, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-        )
-        cfg.architectures = [names[model_type]]
+        task = self.role if self.role in ("llm", "vit") else "image-text-to-text"
+        cfg.architectures = [hf_architecture(task, model_type)]
         return cfg
 
 

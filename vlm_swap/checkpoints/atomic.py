@@ -15,15 +15,13 @@ import contextlib
 import errno
 import json
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
-
+from ..compat import safetensors_errno
 from ..errors import VlmSwapError
 from .guards import check_output_dir
 
@@ -41,11 +39,9 @@ WRITE_ERRORS = {
 
 def write_failure(exc: BaseException, out: Path) -> VlmSwapError | None:
     """A one-line error for a failed write (an OSError, or a safetensors error wrapping one), else None."""
-    code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+    code = getattr(exc, "errno", None) if isinstance(exc, OSError) else safetensors_errno(exc)
     if isinstance(exc, OSError) and exc.filename and not str(exc.filename).startswith(str(out.parent)):
         return None  # a file elsewhere (an input) failed: not a write to the output
-    if isinstance(exc, SafetensorError) and (m := re.search(r"os error (\d+)", str(exc))):
-        code = int(m.group(1))
     if code not in WRITE_ERRORS:
         return None
     return VlmSwapError(f"{WRITE_ERRORS[code]} while writing {out}; it is unchanged")

@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, PreTrainedConfig
 
+from ..compat import torch_load_tensors
 from ..errors import VlmSwapError
 from .atomic import read_json
 from .resolve import ALLOW_PICKLE_HINT, PICKLE_SUFFIXES, checked_weight_files
@@ -87,12 +88,7 @@ def load_pickle_tensors(path: Path) -> dict[str, torch.Tensor]:
     files) is unwrapped; anything that is not a mapping of names to tensors is refused.
     """
     try:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:  # the legacy (non-zip) format cannot be memory-mapped
-            if "mmap" not in str(exc):
-                raise
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = torch_load_tensors(path)
     except pickle.UnpicklingError as exc:
         raise VlmSwapError(
             f"refused to load {path}: it holds more than tensors (weights_only=True forbids code and objects)"

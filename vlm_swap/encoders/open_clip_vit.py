@@ -24,6 +24,7 @@ from transformers import CLIPImageProcessor
 from ..checkpoints.atomic import read_json
 from ..checkpoints.resolve import ALLOW_PICKLE_HINT, PICKLE_SUFFIXES
 from ..checkpoints.safe import open_weights
+from ..compat import open_clip_vision_tower
 from ..errors import VlmSwapError
 from .base import EncoderBackend, LoadedEncoder, fixed_resolution, strided_rows
 from .eval_transform import clip_processor
@@ -33,10 +34,8 @@ CONFIG_NAME, WEIGHTS_NAME = "open_clip_config.json", "open_clip_model.safetensor
 
 def build_visual(model_cfg: dict[str, Any]) -> torch.nn.Module:
     """The visual tower of an open_clip model config, randomly initialised; never downloads (timm trunks too)."""
-    from open_clip.model import _build_vision_tower  # the builder open_clip's own CLIP classes call
-
     vision_cfg = {**model_cfg["vision_cfg"], "timm_model_pretrained": False}
-    return _build_vision_tower(model_cfg["embed_dim"], vision_cfg, quick_gelu=model_cfg.get("quick_gelu", False))
+    return open_clip_vision_tower(model_cfg["embed_dim"], vision_cfg, quick_gelu=model_cfg.get("quick_gelu", False))
 
 
 def tower_geometry(visual: torch.nn.Module) -> tuple[list[int], list[int]]:

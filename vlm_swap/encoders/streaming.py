@@ -17,18 +17,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers.initialization import no_init_weights
 
 from ..checkpoints.atomic import read_json
 from ..checkpoints.resolve import INDEX_NAME, WEIGHTS_NAME, weight_files
 from ..checkpoints.safe import load_pretrained
 from ..checkpoints.tensors import SourceTensor, safetensors_tensors
+from ..compat import hf_auto_dtype, hf_checkpoint_keys, no_weight_init
 from ..errors import VlmSwapError
 
 
 def meta_module(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
     """``build()`` on the meta device, without weight initialisation: names, shapes and dtypes only."""
-    with torch.device("meta"), no_init_weights():
+    with torch.device("meta"), no_weight_init():
         return build()
 
 
@@ -97,8 +97,6 @@ def stream_pretrained(
     """``build(config)`` on the meta device, its config (a copy) given the dtype and name that
     ``from_pretrained(dtype="auto")`` would give it, and its state dict as tensors of the checkpoint at ``source``;
     None when loading it takes more than renaming keys."""
-    from ..compat import hf_auto_dtype, hf_checkpoint_keys
-
     config = copy.deepcopy(config)  # as from_pretrained does: the caller's config is left as it is
     path = Path(source)
     weight_files(path, allow_pickle=allow_pickle)  # a pickle-only dir is refused naming --allow-pickle, as before

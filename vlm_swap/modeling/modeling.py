@@ -76,6 +76,7 @@ class SwapVLMForConditionalGeneration(SwapVLMPreTrainedModel, GenerationMixin):
 
     def _validate_model_kwargs(self, model_kwargs: dict) -> None:
         # generate() checks kwargs against forward's signature; the encoder's inputs reach forward via **kwargs
+        # (a private hook of GenerationMixin, pinned by tests/test_compat.py)
         extra = {k: model_kwargs.pop(k) for k in self.encoder.input_names if k in model_kwargs}
         try:
             super()._validate_model_kwargs(model_kwargs)

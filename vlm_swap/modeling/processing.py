@@ -76,6 +76,7 @@ class SwapVLMProcessor(ProcessorMixin):
         return backend.preprocess(self.image_processor, make_flat_list_of_images(images), self.encoder_args, **kwargs)
 
     def _process_images(self, images, **kwargs):
+        # ProcessorMixin.__call__'s private hook (pinned by tests/test_compat.py): (inputs, one expansion per image)
         processed = self.process_images(images, **kwargs)
         n = len(make_flat_list_of_images(images))
         return processed, [self.replace_image_token(processed, i) for i in range(n)]

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedConfig
-from transformers.initialization import no_init_weights
 
 from ..checkpoints.shards import TensorStream
 from ..checkpoints.tensors import FileRange, SourceTensor
+from ..compat import no_weight_init
 from ..encoders.base import LoadedEncoder
 from ..errors import VlmSwapError
 from .source import Source
@@ -32,7 +32,7 @@ ROW_BLOCK_BYTES = 16 * 1024**2  # rows read, cast and written at a time when a t
 
 def llm_skeleton(text_cfg: PreTrainedConfig) -> torch.nn.Module:
     """The causal LM of ``text_cfg`` on the meta device (no memory, no initialisation): names and shapes."""
-    with torch.device("meta"), no_init_weights():
+    with torch.device("meta"), no_weight_init():
         return AutoModelForCausalLM.from_config(text_cfg)
 
 

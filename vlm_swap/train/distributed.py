@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from ..compat import deepspeed_zero_mapped
+
 
 def world_size() -> int:
     dist = torch.distributed
@@ -66,7 +68,7 @@ def gathered(named: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, t
 
 def _deepspeed_master(param: torch.Tensor) -> bool:
     """A parameter whose float32 master lives in a DeepSpeed ZeRO optimizer (the module holds a 16-bit copy)."""
-    return param.requires_grad and (_zero3(param) or hasattr(param, "_hp_mapping"))
+    return param.requires_grad and (_zero3(param) or deepspeed_zero_mapped(param))
 
 
 def state_to_save(model: nn.Module, rank0: bool) -> dict[str, torch.Tensor]:

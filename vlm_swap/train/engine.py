@@ -28,9 +28,15 @@ from rich.progress import (
 from rich.table import Column
 from torch.distributed.fsdp import FSDPModule
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..compat import keep_fsdp_on_cpu
+from ..compat import (
+    checkpoints_written_under,
+    keep_fsdp_on_cpu,
+    rotate_checkpoints,
+    tensor_norms,
+    trainer_output_dir,
+)
 from ..data import EpochSampler
 from ..errors import VlmSwapError
 from ..registry import did_you_mean
@@ -119,7 +125,7 @@ class NonFiniteError(VlmSwapError):
 def all_finite(tensors: list[torch.Tensor], device: torch.device) -> bool:
     """Every element of every tensor finite, on every rank (each checks its own shards, then all agree)."""
     parts = [t for t in map(local, tensors) if t.numel()]
-    finite = not parts or bool(torch.stack(torch._foreach_norm(parts)).isfinite().all())
+    finite = not parts or bool(torch.stack(tensor_norms(parts)).isfinite().all())
     return agree(finite, parts[0].device if parts else device)
 
 
@@ -210,6 +216,7 @@ class SwapTrainer(Trainer):
         )
 
     def _get_train_sampler(self, train_dataset=None):
+        # (the Trainer's private hook, as _save_checkpoint below: both pinned by tests/test_compat.py)
         # the order comes from (seed, epoch) alone: a resumed run skips finished steps in the sampler and sees
         # the batches an uninterrupted run would; lengths come from the index (nothing is encoded for them)
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -247,17 +254,14 @@ class SwapTrainer(Trainer):
         """
         if not trainable_finite(self.model):
             raise NonFiniteError(f"refusing to save a checkpoint of stage {self.stage.name!r} from a non-finite state")
-        run_dir = Path(self._get_output_dir(trial=trial))
+        run_dir = trainer_output_dir(self, trial)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staging = run_dir / f".{name}.tmp"
         if self.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)
         self.accelerator.wait_for_everyone()
-        self._get_output_dir = lambda trial=None: str(staging)  # the Trainer saves under this run dir
-        try:
+        with checkpoints_written_under(self, staging):
             super()._save_checkpoint(model, trial)
-        finally:
-            del self._get_output_dir
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             final = run_dir / name
@@ -265,12 +269,7 @@ class SwapTrainer(Trainer):
                 shutil.rmtree(final)
             os.rename(staging / name, final)
             shutil.rmtree(staging, ignore_errors=True)
-            rotate_checkpoints(
-                output_dir=str(run_dir),
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=False,
-            )
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()
 
     def create_optimizer(self, model=None):

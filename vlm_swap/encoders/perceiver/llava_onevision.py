@@ -14,13 +14,12 @@ smallest), in the model config and the image processor alike.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import torch
-from transformers import LlavaOnevisionProcessor
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
+from ...compat import llava_onevision_features
 from .family import DEFAULT_MAX_PIXELS, PerceiverFamily
 
 
@@ -80,9 +79,13 @@ class LlavaOnevision(PerceiverFamily):
 
 def _features(height: int, width: int, view_h: int, view_w: int, args: dict[str, Any]) -> int:
     """Rows of an image of this original size: the processor's own counting rule, on its attributes alone."""
-    counter = LlavaOnevisionProcessor.__new__(LlavaOnevisionProcessor)
-    counter.image_processor = SimpleNamespace(image_grid_pinpoints=args["pinpoints"])
-    counter.num_image_tokens = args["num_image_tokens"]
-    counter.vision_aspect_ratio = args["vision_aspect_ratio"]
-    n = counter._get_number_of_features(height, width, view_h, view_w)
+    n = llava_onevision_features(
+        height,
+        width,
+        view_h,
+        view_w,
+        pinpoints=args["pinpoints"],
+        num_image_tokens=args["num_image_tokens"],
+        vision_aspect_ratio=args["vision_aspect_ratio"],
+    )
     return n - (1 if args["select_strategy"] == "default" else 0)
