@@ -13,6 +13,16 @@ from .checkpoints.safe import load_pretrained
 from .errors import VlmSwapError
 from .modeling import SwapVLMForConditionalGeneration, SwapVLMProcessor
 
+ADAPTER_CONFIG = "adapter_config.json"  # peft's: a training run that holds a LoRA adapter
+
+
+def adapter_base(run: Path) -> str:
+    """The base model of the LoRA adapter in ``run``: where its adapter config says it was trained from."""
+    base = read_json(run / ADAPTER_CONFIG).get("base_model_name_or_path")
+    if not base:
+        raise VlmSwapError(f"{run / ADAPTER_CONFIG} does not name its base model")
+    return base
+
 
 def load(
     path: str | Path,
@@ -28,13 +38,10 @@ def load(
     ``path`` may also be a training run holding a LoRA adapter: its base model is loaded and the
     adapter (with the trained connector) applied through peft.
     """
-    adapter = Path(path) / "adapter_config.json"
-    if adapter.is_file():
+    if (Path(path) / ADAPTER_CONFIG).is_file():
         from peft import PeftModel
 
-        base = read_json(adapter).get("base_model_name_or_path")
-        if not base:
-            raise VlmSwapError(f"{adapter} does not name its base model")
+        base = adapter_base(Path(path))
         checked_weight_files(Path(path), allow_pickle=allow_pickle)  # pickle-only: refused; truncated: one line
         model, processor = load(
             base, dtype=dtype, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
@@ -62,7 +69,7 @@ def load_any(
     """A vlm-swap model (or run), or any transformers image-text model such as a llava-hf source."""
     local = Path(path)
     opts = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
-    if (local / "adapter_config.json").is_file():
+    if (local / ADAPTER_CONFIG).is_file():
         return load(path, dtype=dtype, **opts)
     resolved = resolve_source(str(path), allow_pickle=allow_pickle)
     if read_json(Path(resolved) / "config.json").get("model_type") == "swap_vlm":

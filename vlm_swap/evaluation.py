@@ -23,6 +23,7 @@ from rich.progress import Progress
 
 from .data import IGNORE, Encoder, Sample, load_dataset
 from .errors import VlmSwapError
+from .generation import left_padded
 from .images import load_image
 
 
@@ -52,35 +53,31 @@ def qa_accuracy(
     """Exact-match accuracy of greedy answers; returns accuracy, count, a few examples (and, with
     ``per_row``, every row's 0/1 outcome)."""
     tok = processor.tokenizer
-    side, tok.padding_side = tok.padding_side, "left"
     flags: list[int] = []
     examples = []
-    try:
-        with Progress(transient=True, disable=not progress) as bar:
-            task = bar.add_task(label, total=len(samples))
-            for start in range(0, len(samples), batch_size):
-                chunk = samples[start : start + batch_size]
-                texts, images, refs = [], [], []
-                for s in chunk:
-                    messages, ref = _prompt_and_reference(s)
-                    texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-                    images.extend(load_image(p) for p in s.images)
-                    refs.append(ref)
-                inputs = processor(
-                    images=images or None, text=texts, padding=True, add_special_tokens=False, return_tensors="pt"
-                ).to(model.device)
-                out = model.generate(
-                    **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
-                )
-                answers = tok.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-                for ans, ref in zip(answers, refs, strict=True):
-                    ok = normalize(ans) == normalize(ref)
-                    flags.append(int(ok))
-                    if len(examples) < 5:
-                        examples.append({"answer": ans.strip(), "reference": ref, "correct": ok})
-                bar.advance(task, len(chunk))
-    finally:
-        tok.padding_side = side
+    with left_padded(tok), Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task(label, total=len(samples))
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start : start + batch_size]
+            texts, images, refs = [], [], []
+            for s in chunk:
+                messages, ref = _prompt_and_reference(s)
+                texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+                images.extend(load_image(p) for p in s.images)
+                refs.append(ref)
+            inputs = processor(
+                images=images or None, text=texts, padding=True, add_special_tokens=False, return_tensors="pt"
+            ).to(model.device)
+            out = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+            )
+            answers = tok.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            for ans, ref in zip(answers, refs, strict=True):
+                ok = normalize(ans) == normalize(ref)
+                flags.append(int(ok))
+                if len(examples) < 5:
+                    examples.append({"answer": ans.strip(), "reference": ref, "correct": ok})
+            bar.advance(task, len(chunk))
     return _accuracy(flags, per_row, examples=examples)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 
@@ -10,6 +11,18 @@ from transformers import TextIteratorStreamer
 
 from .errors import VlmSwapError
 from .images import load_image
+
+
+@contextlib.contextmanager
+def left_padded(tokenizer) -> Iterator[None]:
+    """Within the block, ``tokenizer`` pads batches on the left: batched generation appends every answer right
+    after its prompt, so prompts must end together (true of every decoder-only LLM, whatever its family; training
+    batches are right-padded by the collator, whatever the tokenizer says). Its own side is restored after."""
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
 
 
 def build_prompt(processor, prompt: str, n_images: int) -> str:

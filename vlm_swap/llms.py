@@ -1,4 +1,4 @@
-"""LLM families: placeholder tokens, chat-template quirks, pad/eos rules and padding sides.
+"""LLM families: placeholder tokens, chat-template quirks and pad/eos rules.
 
 A family is detected from the LLM's ``model_type`` (and, where one model_type covers several
 families such as Llama 2 and Llama 3, from the tokenizer's vocabulary). It tells vlm-swap which
@@ -27,8 +27,6 @@ class LLMFamily:
     pad_candidates: tuple[str, ...]  # first one present in the vocab becomes pad when pad is missing or == eos
     marker_tokens: tuple[str, ...] = ()  # a vocab token that tells this family apart inside a shared model_type
     empty_think: str | None = None  # masked out of the loss (Qwen3's "<think>\n\n</think>\n\n")
-    train_padding_side: str = "right"
-    generate_padding_side: str = "left"
 
     def matches(self, model_type: str, vocab: dict[str, int] | None) -> bool:
         if model_type not in self.model_types:

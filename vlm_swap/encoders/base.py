@@ -17,6 +17,9 @@ from transformers import PreTrainedConfig
 if TYPE_CHECKING:
     from ..checkpoints.tensors import SourceTensor
 
+#: the side of the square image "rows per image" is quoted for (an image's rows depend on its size for some kinds)
+DEFAULT_IMAGE_SIDE = 512
+
 
 class EncoderBackend(nn.Module):
     """Base class: subclasses set ``kind`` and ``help`` and implement the methods below."""
@@ -80,6 +83,14 @@ class EncoderBackend(nn.Module):
         return cls.image_rows(
             cls.preprocess(image_processor, [blank_image(width, height)], args, return_tensors="pt"), 0, args
         )
+
+    @classmethod
+    def rows_per_image(cls, image_processor, args: dict[str, Any], boundaries: bool = False) -> int:
+        """Rows one ``DEFAULT_IMAGE_SIDE``-square image gives (``rows_for_size``), plus the two boundary rows when
+        ``boundaries``: the figure ``upgrade`` reports, ``inspect`` shows and the llava export's
+        ``image_seq_length`` holds."""
+        side = DEFAULT_IMAGE_SIDE
+        return cls.rows_for_size(image_processor, side, side, args) + (2 if boundaries else 0)
 
     @classmethod
     def size_independent(cls, image_processor, args: dict[str, Any]) -> bool:

@@ -134,13 +134,10 @@ def write_llava_weights(model_dir: Path, config: SwapVLMConfig, tmp: Path) -> No
 
 
 def image_seq_length(processor: SwapVLMProcessor, config: SwapVLMConfig) -> int:
-    """Image tokens of one default-size image, as the processor counts them."""
-    from PIL import Image
-
+    """Image tokens of one default-size image, as the processor counts them (Llava's towers have no boundaries)."""
     from ..encoders import ENCODERS
 
-    pixels = processor.image_processor(Image.new("RGB", (512, 512)), return_tensors="pt")
-    return ENCODERS.get(config.encoder_kind).image_rows(pixels, 0, config.encoder_args)
+    return ENCODERS.get(config.encoder_kind).rows_per_image(processor.image_processor, config.encoder_args)
 
 
 def llava_processor(processor: SwapVLMProcessor, config: SwapVLMConfig, strategy: str) -> LlavaProcessor:

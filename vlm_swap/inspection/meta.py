@@ -129,16 +129,15 @@ def _swap_vlm_rows(src) -> int | None:
     """Rows a 512 x 512 image gives an upgraded model (boundaries included), from its own processor."""
     if not (src.path / "processor_config.json").is_file():
         return None  # a config-only snapshot
-    from PIL import Image
-
+    from ..encoders import ENCODERS
     from ..modeling import SwapVLMProcessor
 
     try:
         processor = SwapVLMProcessor.from_pretrained(str(src.path))
     except (OSError, ValueError):
         return None
-    ids = processor(images=[Image.new("RGB", (512, 512))], text=processor.image_token, return_tensors="pt")["input_ids"]
-    return int(torch.isin(ids, torch.tensor(src.config.feature_token_ids)).sum())
+    backend = ENCODERS.get(processor.encoder_kind)
+    return backend.rows_per_image(processor.image_processor, processor.encoder_args, bool(processor.image_start))
 
 
 def _token_string(path, token_id: int | None, trust_remote_code: bool = False) -> str | None:

@@ -147,13 +147,9 @@ def open_encoder(inputs: Inputs) -> Prepared:
     )
     if loaded.module.uses_boundaries != bool(tokens.image_start):
         raise VlmSwapError(f"encoder backend {enc.spec.kind!r}: has_boundaries() disagrees with the loaded encoder")
-    facts_enc = EncoderFacts(
-        enc.spec.source,
-        enc.spec.kind,
-        loaded.module.feature_dim,
-        _rows_per_image(loaded),
-        loaded.info.get("text_family"),
-    )
+    module = loaded.module
+    rows = module.rows_per_image(loaded.image_processor, module.args, module.uses_boundaries)
+    facts_enc = EncoderFacts(enc.spec.source, enc.spec.kind, module.feature_dim, rows, loaded.info.get("text_family"))
     text_config = inputs.target.text_config
     facts_llm = LLMFacts(
         str(inputs.source_id),
@@ -288,15 +284,6 @@ def _write_model_files(tmp: Path, p: Prepared, dtype: torch.dtype, *, command: s
         "versions": _versions(),
     }
     write_model_extras(tmp, config=config, processor=processor, generation_config=generation, provenance=provenance)
-
-
-def _rows_per_image(loaded: LoadedEncoder) -> int:
-    """Rows one default-size image gives (boundaries included), measured on a blank image."""
-    from PIL import Image
-
-    module = loaded.module
-    inputs = module.preprocess(loaded.image_processor, [Image.new("RGB", (512, 512))], module.args, return_tensors="pt")
-    return module.image_rows(inputs, 0, module.args) + (2 if module.uses_boundaries else 0)
 
 
 def _versions() -> dict[str, str]:

@@ -23,8 +23,9 @@ import yaml
 from safetensors.torch import load_file
 from transformers.trainer_callback import PrinterCallback
 
+from ..api import ADAPTER_CONFIG
 from ..card import write_model_card
-from ..checkpoints.atomic import atomic_dir, read_json, write_figure, write_json, write_text
+from ..checkpoints.atomic import atomic_dir, write_figure, write_json, write_text
 from ..checkpoints.guards import RUN_SUMMARY_NAME, check_output_dir
 from ..checkpoints.model_files import read_provenance, save_model, write_model_extras
 from ..checkpoints.resolve import checked_weight_files
@@ -55,8 +56,6 @@ from .recipe import Recipe, load_recipe, recipe_to_dict
 from .telemetry import facts_line, stage_facts
 
 RECIPE_NAME = "recipe.yaml"
-
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 def _rank() -> int:
@@ -322,17 +321,14 @@ def merge(run: str | Path, out: str | Path, *, force: bool = False, allow_pickle
     """Fold the run's LoRA adapter into its base model; write a full upgraded model to ``out``."""
     from peft import PeftModel
 
-    from ..api import load
+    from ..api import adapter_base, load
 
     run = Path(run)
-    cfg = run / ADAPTER_CONFIG
-    if not cfg.is_file():
+    if not (run / ADAPTER_CONFIG).is_file():
         raise VlmSwapError(
             f"{run} holds no LoRA adapter ({ADAPTER_CONFIG}); a run without LoRA is a full model already"
         )
-    base = read_json(cfg).get("base_model_name_or_path")
-    if not base:
-        raise VlmSwapError(f"{cfg} does not name its base model")
+    base = adapter_base(run)
     check_output_dir(Path(out), force, (run, base))  # before anything is read
     checked_weight_files(run, allow_pickle=allow_pickle)  # pickle-only: refused naming --allow-pickle; truncated
     model, processor = load(base, allow_pickle=allow_pickle)

@@ -28,6 +28,7 @@ from rich.progress import Progress
 from ...api import load_any
 from ...data import IGNORE, Collator, Encoder, RowError, Sample, TooLong
 from ...errors import VlmSwapError
+from ...generation import left_padded
 
 DEFAULT_MAX_NEW_TOKENS = 1024
 DEFAULT_CONTEXT = 4096  # tokens, where the LLM's config names no max_position_embeddings
@@ -105,15 +106,13 @@ class Runner:
 
     def _inputs(self, texts: list[str], images: list[list[Image.Image]]) -> dict:
         flat = [img for row in images for img in row]
-        saved, self.tokenizer.padding_side = self.tokenizer.padding_side, "left"
         try:
-            inputs = self.processor(
-                images=flat or None, text=texts, padding=True, add_special_tokens=False, return_tensors="pt"
-            )
+            with left_padded(self.tokenizer):
+                inputs = self.processor(
+                    images=flat or None, text=texts, padding=True, add_special_tokens=False, return_tensors="pt"
+                )
         except ValueError as exc:  # e.g. image tokens in the context that do not match the images
             raise VlmSwapError(f"cannot build the model's inputs: {exc}") from None
-        finally:
-            self.tokenizer.padding_side = saved
         return inputs.to(self.model.device)
 
     @torch.inference_mode()
