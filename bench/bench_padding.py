@@ -50,7 +50,7 @@ def main(argv=None) -> None:
         waste = {}
         for grouped in (False, True):
             st = dataclasses.replace(stage, group_by_length=grouped)
-            args = training_arguments(st, root / f"run-{grouped}", report_to="none", eval_enabled=False)
+            args = training_arguments(st, root / f"run-{grouped}", report_to="none")
             trainer = SwapTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, stage=st)
             waste[grouped] = padding_fraction(batches(trainer, opts.epochs))
     extra = {"batch": stage.batch_size, "rows": len(samples), "epochs": opts.epochs}

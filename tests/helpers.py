@@ -1,4 +1,4 @@
-"""Test helpers that read checkpoints back from disk (no library mocks)."""
+"""Test helpers: checkpoints read back from disk, prompts, the CLI command, LoRA sizes by hand (no library mocks)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from torch import nn
+
+from vlm_swap.train.plan import MODULE_OF
+from vlm_swap.train.recipe import LoraSpec
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -29,3 +33,13 @@ def cli_command() -> list[str]:
 
     script = Path(sys.executable).with_name("vlm-swap")
     return [str(script)] if script.is_file() else [sys.executable, "-m", "vlm_swap.cli"]
+
+
+def expected_lora_params(model: nn.Module, comp: str, spec: LoraSpec) -> int:
+    """r * (in + out) for every planned Linear of the component (what LoRA adds)."""
+    root = getattr(model, MODULE_OF[comp])
+    return sum(
+        spec.r * (m.in_features + m.out_features)
+        for n, m in root.named_modules()
+        if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in spec.target_modules
+    )

@@ -36,7 +36,7 @@ def mixed(tmp_path_factory, llava, perceiver):
 def _padding(mixed, tmp_path, grouped: bool) -> float:
     model, dataset, collator = mixed
     stage = Stage(steps=8, batch_size=4, group_by_length=grouped, precision="fp32", max_length=512)
-    args = training_arguments(stage, tmp_path, report_to="none", eval_enabled=False)
+    args = training_arguments(stage, tmp_path, report_to="none")
     trainer = SwapTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, stage=stage)
     return padding_fraction(trainer.get_train_dataloader())
 

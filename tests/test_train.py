@@ -18,12 +18,11 @@ from transformers import AutoModelForImageTextToText
 import vlm_swap
 from vlm_swap.connectors import CONNECTORS
 from vlm_swap.train.lock import hold_lock
-from vlm_swap.train.plan import expected_lora_params
 from vlm_swap.train.recipe import load_recipe
 from vlm_swap.train.run import train
 from vlm_swap.zoo.world import write_dataset
 
-from .helpers import ask, read_tensors
+from .helpers import ask, expected_lora_params, read_tensors
 
 FAST = [
     "stages.align.steps=6",

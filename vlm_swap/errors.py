@@ -16,12 +16,6 @@ class VlmSwapError(Exception):
     exit_code = 2
 
 
-class NotImplementedYet(VlmSwapError):
-    """A feature that is planned but not implemented; says so instead of guessing."""
-
-    exit_code = 3
-
-
 def started_as_the_command() -> bool:
     """True in a ``vlm-swap`` process (the console script, or ``python -m vlm_swap.cli`` as torchrun runs it)."""
     return sys.argv[0].rsplit("/", 1)[-1] == "vlm-swap" or "vlm_swap.cli" in getattr(sys, "orig_argv", ())

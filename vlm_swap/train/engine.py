@@ -72,7 +72,7 @@ def report_to_list(report_to: str | list[str]) -> list[str]:
 
 
 def training_arguments(
-    stage: Stage, stage_dir: Path, *, report_to: str | list[str], eval_enabled: bool, workers: int = 0
+    stage: Stage, stage_dir: Path, *, report_to: str | list[str], workers: int = 0
 ) -> TrainingArguments:
     on_gpu = torch.cuda.is_available()
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"  # set by accelerate launch
@@ -97,8 +97,7 @@ def training_arguments(
         save_strategy="steps",
         save_steps=stage.save_steps,
         save_total_limit=stage.save_total_limit,
-        eval_strategy="steps" if eval_enabled and stage.eval_steps else "no",
-        eval_steps=stage.eval_steps if eval_enabled else None,
+        eval_strategy="no",  # a stage trains only; runs are scored afterwards (eval, compare)
         logging_steps=stage.logging_steps,
         logging_first_step=True,
         seed=stage.seed,

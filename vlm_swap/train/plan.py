@@ -119,13 +119,3 @@ def apply_stage(model: nn.Module, stage: Stage) -> dict[str, int]:
         if stage.plan(comp).mode != "frozen" and counts[comp] == 0:
             raise VlmSwapError(f"stage {stage.name!r} trains {comp} but no parameter of it is trainable")
     return counts
-
-
-def expected_lora_params(model: nn.Module, comp: str, spec: LoraSpec) -> int:
-    """r * (in + out) for every planned Linear of the component (what LoRA adds)."""
-    root = getattr(model, MODULE_OF[comp])
-    return sum(
-        spec.r * (m.in_features + m.out_features)
-        for n, m in root.named_modules()
-        if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in spec.target_modules
-    )

@@ -96,7 +96,7 @@ class Stage:
     gradient_checkpointing: bool = _help("recompute activations to save memory", False)
     save_steps: int = _help("save a checkpoint every N steps", 500)
     save_total_limit: int | None = _help("keep at most N checkpoints per stage", 3)
-    eval_steps: int | None = _help("evaluate every N steps when eval data is given", None)
+    eval_steps: int | None = _help("refused: training evaluates nothing between steps (score a run with eval)", None)
     logging_steps: int = _help("log every N steps", 10)
     seed: int = _help("random seed", 42)
     max_bad_steps: int = _help("steps with a non-finite loss/gradient (skipped) before training stops", 5)
@@ -120,6 +120,11 @@ class Stage:
         for name in ("save_total_limit", "eval_steps"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise RecipeError(f"{name} must be positive, or null for no limit")
+        if self.eval_steps is not None:  # a range error first, as for every numeric field
+            raise RecipeError(
+                "eval_steps: training evaluates nothing between steps; leave it unset and score the run with "
+                "`vlm-swap eval` (or compare arms with `vlm-swap compare`)"
+            )
         if self.lr <= 0:
             raise RecipeError("lr must be positive")
         if self.scheduler not in SCHEDULERS:

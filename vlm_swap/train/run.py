@@ -118,7 +118,7 @@ def train(
         run,
         inputs=(model_dir, data),  # a run may lie inside its images folder
         check=lambda: _check_run_dir(run, spec, resume),
-        join=lambda: training_arguments(spec.stages[0], run, report_to=report_to, eval_enabled=False).device,
+        join=lambda: training_arguments(spec.stages[0], run, report_to=report_to).device,
     ):
         return _train(
             spec, run, model_dir, data, images=images, resume=resume, on_bad_rows=on_bad_rows,
@@ -180,7 +180,7 @@ def _train(spec: Recipe, run: Path, model_dir, data, *, images, resume, on_bad_r
             collator.feature_keys = cached
             if cached:
                 cache.bind(model)
-            args = training_arguments(stage, stage_dir, report_to=report_to, eval_enabled=False, workers=workers)
+            args = training_arguments(stage, stage_dir, report_to=report_to, workers=workers)
             label = f"stage {i + 1}/{len(spec.stages)} {stage.name}"
             trainer = SwapTrainer(
                 model=model,
