@@ -16,6 +16,7 @@ import textwrap
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModelForCausalLM
 
 import vlm_swap
 from vlm_swap.errors import VlmSwapError
@@ -222,3 +223,24 @@ def test_llava_export_of_a_text_only_template_renders_prompts_like_the_swap_proc
         a = swap(images=images[:n], text=text, return_tensors="pt")
         b = native(images=images[:n], text=text, return_tensors="pt")
         assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["pixel_values"], b["pixel_values"])
+
+
+def test_llava_export_copies_every_tensor_unchanged_from_a_sharded_model(tmp_path, llava, vit):
+    """The weights are copied byte for byte (renamed, never cast); the identity layer of ``linear`` is added."""
+    from vlm_swap.export.llava import llava_key
+
+    up = vlm_swap.upgrade(
+        str(llava("qwen3", "clip")), f"hf-vit:{vit('siglip')}", tmp_path / "up", connector="linear",
+        max_shard_bytes=64 * 1024,
+    )  # fmt: skip
+    assert len(list(up.glob("model-*-of-*.safetensors"))) > 2
+    source, exported = read_tensors(up), read_tensors(export(up, "llava", tmp_path / "llava"))
+    base_prefix = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(up).text_config).base_model_prefix
+    renamed = {llava_key(key, base_prefix): t for key, t in source.items()}
+    identity = {"model.multi_modal_projector.linear_2.weight", "model.multi_modal_projector.linear_2.bias"}
+    assert set(exported) == set(renamed) | identity and not identity & set(renamed)
+    for name, t in renamed.items():
+        assert exported[name].dtype == t.dtype and torch.equal(exported[name], t), name
+    linear = source["connector.0.weight"]  # [D_llm, D_enc]
+    eye = torch.eye(linear.shape[0], dtype=linear.dtype)
+    assert torch.equal(exported["model.multi_modal_projector.linear_2.weight"], eye)

@@ -13,6 +13,9 @@ of tensors plus a LlavaConfig and a LlavaProcessor:
 and LLM widths are equal (act ``relu``); ``linear`` becomes ``linear_1`` with act ``linear`` and an
 identity ``linear_2`` (exact: x @ I + 0 == x). Encoders Llava cannot run (SigLIP2 NaFlex, timm,
 open-clip, perceivers) are refused with the format to use instead.
+
+A renaming changes no byte, so the weights are copied file to file, tensor by tensor (``ShardWriter`` given
+byte ranges of the model's shards, as the upgrade copies an LLM): the export's memory does not grow with the model.
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from transformers import AutoModelForCausalLM, GenerationConfig, LlavaConfig, LlavaProcessor
 
 from ..checkpoints.model_files import write_model_extras
 from ..checkpoints.resolve import weight_files
-from ..checkpoints.shards import ShardWriter
+from ..checkpoints.shards import ShardWriter, TensorStream
+from ..checkpoints.tensors import SourceTensor, safetensors_tensors
 from ..errors import VlmSwapError
 from ..modeling import SwapVLMConfig, SwapVLMProcessor
 
@@ -114,23 +117,29 @@ def llava_key(key: str, base_prefix: str) -> str:
 
 
 def write_llava_weights(model_dir: Path, config: SwapVLMConfig, tmp: Path) -> None:
-    """Stream the tensors of ``model_dir`` renamed into ``tmp`` (no model is built)."""
+    """Copy the tensors of ``model_dir``, renamed, into ``tmp`` as they lie in its shards: each tensor's bytes are
+    copied file to file (a renaming changes no byte), so neither a model nor a tensor is ever in memory. Each
+    source shard starts an output shard, so the copies keep their offsets modulo 64 KiB (the fast kernel copy)."""
     with torch.device("meta"):
         base_prefix = AutoModelForCausalLM.from_config(config.text_config).base_model_prefix
-    writer = ShardWriter(tmp)
-    linear_dtype = None
+    shards, linear_dtype = [], None
     for path in weight_files(model_dir):
-        with safe_open(str(path), framework="pt") as st:
-            for key in st.keys():
-                t = st.get_tensor(key)
-                if key == "connector.0.weight":
-                    linear_dtype = t.dtype
-                writer.add(llava_key(key, base_prefix), t)
-    if config.connector == "linear":  # identity second layer: Llava always applies two
-        d = config.text_config.hidden_size
-        writer.add("model.multi_modal_projector.linear_2.weight", torch.eye(d, dtype=linear_dtype))
-        writer.add("model.multi_modal_projector.linear_2.bias", torch.zeros(d, dtype=linear_dtype))
-    writer.close()
+        tensors = safetensors_tensors(path)  # headers only
+        if "connector.0.weight" in tensors:
+            linear_dtype = tensors["connector.0.weight"].dtype
+        shards.append([_copy_of(t, llava_key(key, base_prefix)) for key, t in tensors.items()])
+    with ShardWriter(tmp) as writer:
+        writer.add_shards(shards)
+        if config.connector == "linear":  # identity second layer: Llava always applies two
+            d = config.text_config.hidden_size
+            writer.add("model.multi_modal_projector.linear_2.weight", torch.eye(d, dtype=linear_dtype))
+            writer.add("model.multi_modal_projector.linear_2.bias", torch.zeros(d, dtype=linear_dtype))
+        writer.close()
+
+
+def _copy_of(t: SourceTensor, name: str) -> TensorStream:
+    """The bytes of ``t`` as they are in its file, written as ``name``."""
+    return TensorStream(name, t.dtype, t.shape, lambda: (t.raw,), source_offset=t.raw.offset)
 
 
 def image_seq_length(processor: SwapVLMProcessor, config: SwapVLMConfig) -> int:
