@@ -9,7 +9,7 @@ import time
 from rich.console import Console
 from transformers import TrainerState
 
-from vlm_swap.train.engine import RichProgress, training_progress
+from vlm_swap.train.progress import RichProgress, training_progress
 
 
 def _console(terminal: bool) -> tuple[Console, io.StringIO]:

@@ -40,18 +40,17 @@ from . import precision
 from .distributed import state_to_save
 from .engine import (
     NonFiniteError,
-    RichProgress,
     SwapTrainer,
     newest_checkpoint,
     report_to_list,
     trainable_finite,
     training_arguments,
-    training_progress,
 )
 from .features import FeatureCache
 from .lock import LOCK_NAME, own_run_dir
 from .lockstep import DummyImage
 from .plan import apply_stage, run_plan, wrap
+from .progress import RichProgress, training_progress
 from .recipe import Recipe, load_recipe, recipe_to_dict
 from .telemetry import facts_line, stage_facts
 
