@@ -8,7 +8,7 @@ then scored on the same rows (``evaluation.score``). The comparison directory ho
     arms/NAME/arm.json     the arm's encoder spec
     arms/NAME/upgraded/    an ordinary ``vlm-swap upgrade`` output
     arms/NAME/run/         an ordinary ``vlm-swap train`` run: export, merge or serve it like any other
-    arms/NAME/clock.json   wall time of the upgrade and of each stage, kept across a kill and a resume
+    arms/NAME/clock.json   wall time of the upgrade and of each stage, kept across a kill and a resume (compare_clock)
     arms/NAME/scores.json  the arm's scores with every row's outcome (written once the arm is scored)
     source/scores.json     the same for the source
     report.json report.md compare.png   (``compare_report``)
@@ -33,16 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from rich.text import Text
-from transformers import TrainerCallback
 
 from .checkpoints.atomic import atomic_dir, read_json, write_json
 from .checkpoints.guards import RUN_SUMMARY_NAME, check_not_an_input
+from .compare_clock import ArmClock, add_upgrade_time, read_clock
 from .encoders import EncoderSpec
 from .errors import VlmSwapError
 
 EXPERIMENT_NAME = "compare.json"
 SCORES_NAME = "scores.json"
-CLOCK_NAME = "clock.json"
 LMMS_NAME = "lmms.json"
 REPORT_FILES = ("report.json", "report.md", "compare.png")
 AMENDABLE = ("lmms_tasks",)  # fields of compare.json a rerun may change
@@ -201,40 +200,6 @@ def _wait_for_everyone() -> None:
         PartialState().wait_for_everyone()
 
 
-class ArmClock(TrainerCallback):
-    """Training wall time per stage, kept across a kill and a resume: the time is stored at every
-    checkpoint, and a resumed stage starts from the time of the checkpoint it resumes from (the
-    steps redone after a kill are counted once)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.times = read_json(path) if path.is_file() else {}
-        self.stage, self.base, self.t0 = "", 0.0, 0.0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.stage = Path(args.output_dir).name
-        saved = self.times.setdefault(self.stage, {})
-        steps = [int(k) for k in saved if k.isdigit() and int(k) <= state.global_step]
-        self.base = saved[str(max(steps))] if steps else 0.0
-        self.t0 = time.perf_counter()
-
-    def _store(self, key: str, state) -> None:
-        if state.is_world_process_zero:
-            self.times[self.stage][key] = self.base + time.perf_counter() - self.t0
-            write_json(self.path, self.times)
-
-    def on_save(self, args, state, control, **kwargs):
-        self._store(str(state.global_step), state)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self._store("end", state)
-
-
-def train_seconds(clock: dict) -> float:
-    """Training seconds of an arm: the stages' times at their end (``ArmClock``)."""
-    return sum(stage.get("end", 0.0) for stage in clock.values() if isinstance(stage, dict))
-
-
 def run(exp: Experiment, arms: list[Arm], out: Path, *, console=None, progress: bool = True) -> dict[str, Any]:
     """Upgrade every arm, train every arm, score the source and every arm, write the report."""
     from .compare_report import build_report, print_report, write_report
@@ -279,8 +244,7 @@ def _upgrade(exp: Experiment, arm: Arm, d: Path, say, progress: bool) -> None:
         upgrade(exp.source, str(arm.spec), d / "upgraded", progress=progress)
     except VlmSwapError as exc:
         raise VlmSwapError(f"arm {arm.name} ({arm.spec}): {exc}") from exc
-    clock = read_json(d / CLOCK_NAME) if (d / CLOCK_NAME).is_file() else {}
-    write_json(d / CLOCK_NAME, {**clock, "upgrade_s": time.perf_counter() - t0})
+    add_upgrade_time(d, time.perf_counter() - t0)
 
 
 def _train(exp: Experiment, arm: Arm, d: Path, say, console, progress: bool) -> None:
@@ -301,7 +265,7 @@ def _train(exp: Experiment, arm: Arm, d: Path, say, console, progress: bool) -> 
         resume=resume,
         console=console,
         progress=progress,
-        callbacks=[ArmClock(d / CLOCK_NAME)],
+        callbacks=[ArmClock(d)],
     )
 
 
@@ -336,7 +300,7 @@ def _model(exp: Experiment, name: str, d: Path, path, say, progress: bool, arm: 
         entry.update(
             encoder=str(arm.spec),
             upgraded=str(d / "upgraded"),
-            clock=read_json(d / CLOCK_NAME) if (d / CLOCK_NAME).is_file() else {},
+            clock=read_clock(d),
             run_summary=read_json(Path(path) / RUN_SUMMARY_NAME),
         )
     return entry

@@ -117,7 +117,7 @@ def build_report(exp, models: list[dict]) -> dict[str, Any]:
 
 
 def _arm_facts(m: dict) -> dict[str, Any]:
-    from .compare import train_seconds
+    from .compare_clock import train_seconds
 
     stages = m["run_summary"].get("stages", [])
     upgrade_s, train_s = m["clock"].get("upgrade_s", 0.0), train_seconds(m["clock"])
