@@ -110,10 +110,10 @@ def phase_index(model: Path, data: Path, images: Path) -> dict:
     import datasets  # noqa: F401  (imported before timing: a fixed cost, not the data's)
 
     import vlm_swap
-    from vlm_swap.data import Encoder, EpochSampler, SwapDataset, load_dataset
+    from vlm_swap.data import EpochSampler, SampleEncoder, SwapDataset, load_dataset
 
     _, processor = vlm_swap.load(model)
-    encoder = Encoder(processor, 2048)
+    encoder = SampleEncoder(processor, 2048)
     before = _rss_mb()
     t0 = time.perf_counter()
     samples, report = load_dataset(data, images, encoder)
@@ -171,9 +171,9 @@ def loader_speed(model: Path, data: Path, images: Path, batches: int, rounds: in
     from vlm_swap.data import Collator, EpochSampler, SwapDataset, load_dataset
 
     _, processor = vlm_swap.load(model)
-    from vlm_swap.data import Encoder
+    from vlm_swap.data import SampleEncoder
 
-    encoder = Encoder(processor, 2048)
+    encoder = SampleEncoder(processor, 2048)
     samples, _ = load_dataset(data, images, encoder)
     dataset = SwapDataset(samples, encoder)
     collate = Collator(processor.tokenizer.pad_token_id)
@@ -206,10 +206,10 @@ def packing_figures(model: Path, data: Path, images: Path, n: int, repeat: int) 
     import torch
 
     import vlm_swap
-    from vlm_swap.data import Collator, Encoder, Packs, SwapDataset, load_dataset
+    from vlm_swap.data import Collator, Packs, SampleEncoder, SwapDataset, load_dataset
 
     model_, processor = vlm_swap.load(model, dtype=torch.float32)
-    encoder = Encoder(processor, 2048)
+    encoder = SampleEncoder(processor, 2048)
     samples, _ = load_dataset(data, images, encoder)
     dataset = SwapDataset(samples, encoder)
     utilization = Packs(dataset.lengths, 2048).utilization

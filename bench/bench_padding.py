@@ -22,7 +22,7 @@ from common import record  # noqa: E402
 
 import vlm_swap  # noqa: E402
 from vlm_swap import zoo  # noqa: E402
-from vlm_swap.data import Collator, Encoder, SwapDataset, load_dataset, padding_fraction  # noqa: E402
+from vlm_swap.data import Collator, SampleEncoder, SwapDataset, load_dataset, padding_fraction  # noqa: E402
 from vlm_swap.train.engine import SwapTrainer, training_arguments  # noqa: E402
 from vlm_swap.train.recipe import load_recipe  # noqa: E402
 
@@ -44,8 +44,8 @@ def main(argv=None) -> None:
         data = zoo.write_dataset(root / "data", opts.scenes, seed=1)
         model, processor = vlm_swap.load(up)
         stage = load_recipe("tiny-cpu").stages[0]
-        samples, _ = load_dataset(data, data.parent, Encoder(processor, stage.max_length))
-        dataset = SwapDataset(samples, Encoder(processor, stage.max_length))
+        samples, _ = load_dataset(data, data.parent, SampleEncoder(processor, stage.max_length))
+        dataset = SwapDataset(samples, SampleEncoder(processor, stage.max_length))
         collator = Collator(processor.tokenizer.pad_token_id)
         waste = {}
         for grouped in (False, True):

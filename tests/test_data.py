@@ -7,7 +7,7 @@ import json
 import pytest
 
 import vlm_swap
-from vlm_swap.data import IGNORE, Collator, DataError, Encoder, Sample, load_dataset
+from vlm_swap.data import IGNORE, Collator, DataError, Sample, SampleEncoder, load_dataset
 from vlm_swap.zoo.world import write_dataset
 
 
@@ -26,7 +26,7 @@ def labelled_text(processor, enc):
 def test_both_formats_train_only_on_the_answer(tmp_path, upgraded, fmt):
     _, processor = vlm_swap.load(upgraded)
     path = write_dataset(tmp_path, 4, seed=3, fmt=fmt)
-    encoder = Encoder(processor, 512)
+    encoder = SampleEncoder(processor, 512)
     samples, report = load_dataset(path, tmp_path, encoder)
     assert report.kept == 4 and not report.bad
     rows = json.loads(path.read_text()) if fmt == "llava" else [json.loads(x) for x in path.read_text().splitlines()]
@@ -50,7 +50,7 @@ def test_empty_think_block_is_masked(tmp_path, bare_llm, vit):
         ],
         [],
     )
-    enc = Encoder(processor, 256, empty_think="<think>\n\n</think>\n\n")(sample)
+    enc = SampleEncoder(processor, 256, empty_think="<think>\n\n</think>\n\n")(sample)
     assert labelled_text(processor, enc) == "two<|im_end|>\n"
 
 
@@ -71,14 +71,14 @@ def test_malformed_rows_are_reported_with_line_numbers(tmp_path, upgraded):
     lines = [good, "{not json", json.dumps(missing), json.dumps(no_placeholder), json.dumps(two)]
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError) as err:
-        load_dataset(path, tmp_path, Encoder(processor, 512))
+        load_dataset(path, tmp_path, SampleEncoder(processor, 512))
     msg = str(err.value)
     assert "4 bad rows" in msg
     assert "line 2: bad JSON" in msg
     assert "line 3: missing image images/nope.png" in msg
     assert "line 4: the row has an image but no <image> placeholder" in msg
     assert "line 5: 1 image placeholders but 2 images" in msg
-    samples, report = load_dataset(path, tmp_path, Encoder(processor, 512), on_bad_rows="skip")
+    samples, report = load_dataset(path, tmp_path, SampleEncoder(processor, 512), on_bad_rows="skip")
     assert len(samples) == 1 and [n for n, _ in report.bad] == [2, 3, 4, 5]
 
 
@@ -96,8 +96,8 @@ def test_two_images_where_one_is_allowed(tmp_path, upgraded):
         + "\n"
     )
     with pytest.raises(DataError, match="line 1: 2 images where at most 1 allowed"):
-        load_dataset(path, tmp_path, Encoder(processor, 512))
-    samples, _ = load_dataset(path, tmp_path, Encoder(processor, 512), max_images=2)
+        load_dataset(path, tmp_path, SampleEncoder(processor, 512))
+    samples, _ = load_dataset(path, tmp_path, SampleEncoder(processor, 512), max_images=2)
     assert len(samples) == 1
 
 
@@ -105,12 +105,12 @@ def test_too_long_samples_are_dropped_not_truncated(tmp_path, upgraded):
     _, processor = vlm_swap.load(upgraded)
     path = write_dataset(tmp_path, 3, seed=2)
     with pytest.raises(DataError, match=r"no usable rows .*3 too long \(dropped: line 1, 2, 3\)"):
-        load_dataset(path, tmp_path, Encoder(processor, 12))
+        load_dataset(path, tmp_path, SampleEncoder(processor, 12))
     long_answer = tmp_path / "long.json"
     rows = json.loads(path.read_text())
     rows[0]["conversations"][1]["value"] = "red " * 200
     long_answer.write_text(json.dumps(rows))
-    encoder = Encoder(processor, 64)
+    encoder = SampleEncoder(processor, 64)
     samples, report = load_dataset(long_answer, tmp_path, encoder)
     enc = encoder(samples[0])
     assert enc["input_ids"].shape[0] == 64  # the answer is cut, the image tokens are whole
@@ -120,7 +120,7 @@ def test_too_long_samples_are_dropped_not_truncated(tmp_path, upgraded):
 def test_collator_pads_right_and_concatenates_images(tmp_path, upgraded):
     _, processor = vlm_swap.load(upgraded)
     path = write_dataset(tmp_path, 3, seed=5)
-    encoder = Encoder(processor, 512)
+    encoder = SampleEncoder(processor, 512)
     samples, _ = load_dataset(path, tmp_path, encoder)
     feats = [encoder(s) for s in samples]
     batch = Collator(processor.tokenizer.pad_token_id)(feats)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import vlm_swap
 from vlm_swap.cli import app
-from vlm_swap.data import Encoder, index, load_dataset
+from vlm_swap.data import SampleEncoder, index, load_dataset
 from vlm_swap.zoo.world import write_dataset
 
 runner = CliRunner()
@@ -82,7 +82,7 @@ def _load_in_child(processor, data, queue) -> None:
     build = index._build
     index._build = lambda *a, **k: built.append(1) or build(*a, **k)
     try:
-        samples, _ = load_dataset(data, None, Encoder(processor, 512))
+        samples, _ = load_dataset(data, None, SampleEncoder(processor, 512))
     except Exception as exc:  # reported to the test, which would otherwise wait for nothing
         queue.put((-1, repr(exc)))
         raise

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import vlm_swap
-from vlm_swap.data import Collator, Encoder, Sample
+from vlm_swap.data import Collator, Sample, SampleEncoder
 from vlm_swap.encoders.base import EncoderBackend
 from vlm_swap.train.features import FeatureCache, content_key, fingerprint
 from vlm_swap.train.run import train
@@ -76,7 +76,7 @@ def test_cached_and_uncached_training_give_the_same_losses(setup):
 def test_new_encoder_weights_or_preprocessing_miss_the_cache(setup, images):
     _, up, _ = setup
     model, processor = vlm_swap.load(up)
-    encoder = Encoder(processor, 256)
+    encoder = SampleEncoder(processor, 256)
     before = fingerprint(model)
     cache = FeatureCache(2**20)
     cache.bind(model)
@@ -101,7 +101,7 @@ def test_new_encoder_weights_or_preprocessing_miss_the_cache(setup, images):
 def test_collator_keys_samples_by_image_content(setup, images):
     _, up, _ = setup
     _, processor = vlm_swap.load(up)
-    encoder = Encoder(processor, 256)
+    encoder = SampleEncoder(processor, 256)
     sample = Sample(1, [{"role": "user", "content": [{"type": "image"}]}, _answer()], [])
     a, b, c = (encoder(sample, images=[im]) for im in (images[0], images[1], images[0]))
     batch = Collator(processor.tokenizer.pad_token_id, feature_keys=True)([a, b, c])

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import vlm_swap
-from vlm_swap.data import DataError, Encoder, RowError, load_dataset, parse_row
+from vlm_swap.data import DataError, RowError, SampleEncoder, load_dataset, parse_row
 from vlm_swap.errors import VlmSwapError
 from vlm_swap.train.recipe import Recipe, from_dict, load_recipe, resolve_recipe_path
 
@@ -114,7 +114,7 @@ def test_any_row_parses_or_raises_a_row_error(row, max_images):
 def encoder(tmp_path_factory, llava, vit):
     up = vlm_swap.upgrade(str(llava()), f"hf-vit:{vit()}", tmp_path_factory.mktemp("fuzz") / "up")
     _, processor = vlm_swap.load(up)
-    return Encoder(processor, 256)
+    return SampleEncoder(processor, 256)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import vlm_swap
-from vlm_swap.data import Collator, Encoder, SwapDataset, load_dataset, padding_fraction
+from vlm_swap.data import Collator, SampleEncoder, SwapDataset, load_dataset, padding_fraction
 from vlm_swap.train.engine import SwapTrainer, training_arguments
 from vlm_swap.train.recipe import Stage
 from vlm_swap.zoo.world import write_dataset
@@ -28,7 +28,7 @@ def mixed(tmp_path_factory, llava, perceiver):
     data = root / "mixed.json"
     data.write_text(json.dumps(rows))
     model, processor = vlm_swap.load(up)
-    encoder = Encoder(processor, 512)
+    encoder = SampleEncoder(processor, 512)
     samples, _ = load_dataset(data, None, encoder)
     return model, SwapDataset(samples, encoder), Collator(processor.tokenizer.pad_token_id)
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import vlm_swap
-from vlm_swap.data import DataError, Encoder, SwapDataset, formats, index, load_dataset
+from vlm_swap.data import DataError, SampleEncoder, SwapDataset, formats, index, load_dataset
 from vlm_swap.zoo.world import make_scene
 
 SIZES = [(96, 64), (64, 128), (160, 160), (500, 375), (33, 270), (700, 90)]
@@ -61,7 +61,7 @@ def test_index_token_counts_equal_the_full_encode(tmp_path, source, perceiver, v
     data = tmp_path / "data.jsonl"
     rows = [_row(n, answer="yes " * (i + 1)) for i, n in enumerate(_images(tmp_path))]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    encoder = Encoder(processor, 4096)
+    encoder = SampleEncoder(processor, 4096)
     samples, report = load_dataset(data, tmp_path, encoder)
     assert report.kept == len(SIZES)
     counted = [s.length for s in samples]
@@ -116,7 +116,7 @@ def _formats(tmp_path, names):
 def test_every_format_gives_the_same_samples(tmp_path, qwen, monkeypatch):
     monkeypatch.setattr(formats, "CHUNK_CHARS", 64)  # the JSON array crosses many buffer boundaries
     names = _images(tmp_path)
-    encoder = Encoder(qwen, 4096)
+    encoder = SampleEncoder(qwen, 4096)
     encoded = {}
     for fmt, path in _formats(tmp_path, names).items():
         samples, report = load_dataset(path, tmp_path, encoder)
@@ -134,7 +134,7 @@ def test_the_parallel_build_equals_the_serial_one(tmp_path, qwen, monkeypatch):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(_row(n, answer="no " * (i + 1))) + "\n" for i, n in enumerate(names)))
     data.write_text(data.read_text() + "{broken\n")
-    encoder = Encoder(qwen, 4096)
+    encoder = SampleEncoder(qwen, 4096)
     serial, report = load_dataset(data, tmp_path, encoder, on_bad_rows="skip", workers=1)
     monkeypatch.setattr(index, "ROWS_PER_PROCESS", 2)
     monkeypatch.setenv("VLM_SWAP_CACHE", str(tmp_path / "other-cache"))
@@ -152,7 +152,7 @@ def test_image_paths_may_not_leave_the_images_folder(tmp_path, qwen):
     rows = [_row(names[0]), _row("../outside.png"), _row(str(tmp_path / "outside.png")), _row("/etc/passwd")]
     data = root / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    encoder = Encoder(qwen, 4096)
+    encoder = SampleEncoder(qwen, 4096)
     with pytest.raises(DataError) as err:
         load_dataset(data, root, encoder)
     for line, path in ((2, "../outside.png"), (3, tmp_path / "outside.png"), (4, "/etc/passwd")):
@@ -182,13 +182,13 @@ def test_bad_images_are_bad_rows_with_their_line(tmp_path, qwen):
     data = tmp_path / "data.json"
     data.write_text(json.dumps(rows))
     with pytest.raises(DataError) as err:
-        load_dataset(data, tmp_path, Encoder(qwen, 4096))
+        load_dataset(data, tmp_path, SampleEncoder(qwen, 4096))
     msg = str(err.value)
     assert "3 bad rows" in msg and "\n" not in msg
     assert "line 2: the image processor refuses a 4000x3 image: absolute aspect ratio must be smaller than 200" in msg
     assert "line 3: image" in msg and "10000x10000, over the 64,000,000-pixel budget" in msg
     assert "line 4: not a readable image" in msg
-    samples, report = load_dataset(data, tmp_path, Encoder(qwen, 4096), on_bad_rows="skip")
+    samples, report = load_dataset(data, tmp_path, SampleEncoder(qwen, 4096), on_bad_rows="skip")
     assert [s.line for s in samples] == [1] and report.malformed == 3
 
 
@@ -199,11 +199,11 @@ def test_the_index_is_cached_and_rebuilt_when_its_inputs_change(tmp_path, qwen, 
     builds = []
     build = index._build
     monkeypatch.setattr(index, "_build", lambda *a, **k: builds.append(1) or build(*a, **k))
-    first, _ = load_dataset(data, tmp_path, Encoder(qwen, 4096))
-    again, _ = load_dataset(data, tmp_path, Encoder(qwen, 128))  # max_length is applied at load, not indexed
+    first, _ = load_dataset(data, tmp_path, SampleEncoder(qwen, 4096))
+    again, _ = load_dataset(data, tmp_path, SampleEncoder(qwen, 128))  # max_length is applied at load, not indexed
     assert len(builds) == 1 and [s.length for s in again] == [min(s.length, 128) for s in first]
     data.write_text(data.read_text() + json.dumps(_row(names[0])) + "\n")
-    grown, _ = load_dataset(data, tmp_path, Encoder(qwen, 4096))
+    grown, _ = load_dataset(data, tmp_path, SampleEncoder(qwen, 4096))
     assert len(builds) == 2 and len(grown) == 4
 
 
@@ -211,7 +211,7 @@ def test_a_sample_that_fails_to_decode_is_skipped_and_counted(tmp_path, qwen):
     names = _images(tmp_path, SIZES[:3])
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(_row(n)) + "\n" for n in names))
-    encoder = Encoder(qwen, 4096)
+    encoder = SampleEncoder(qwen, 4096)
     samples, _ = load_dataset(data, tmp_path, encoder)
     png = (tmp_path / names[1]).read_bytes()
     (tmp_path / names[1]).write_bytes(png[: len(png) // 2])  # truncated after indexing

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vlm_swap
-from vlm_swap.data import IGNORE, Encoder, Sample
+from vlm_swap.data import IGNORE, Sample, SampleEncoder
 from vlm_swap.llms import LLMS, detect_family
 
 from .helpers import ask
@@ -63,7 +63,7 @@ def test_placeholders_pad_and_loss_mask(tmp_path, bare_llm, perceiver, vit, imag
         ],
         [],
     )
-    encoded = Encoder(processor, 512, fam.empty_think)(sample, images=images[:1])
+    encoded = SampleEncoder(processor, 512, fam.empty_think)(sample, images=images[:1])
     labelled = [int(t) for t, lab in zip(encoded["input_ids"], encoded["labels"], strict=True) if lab != IGNORE]
     text = tok.decode(labelled)
     assert text.strip().startswith("red") and text.endswith(FAMILIES[family]), text

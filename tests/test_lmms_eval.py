@@ -21,7 +21,7 @@ from PIL import Image
 
 import vlm_swap
 from vlm_swap import zoo
-from vlm_swap.data import Encoder, Sample
+from vlm_swap.data import Sample, SampleEncoder
 from vlm_swap.errors import VlmSwapError
 from vlm_swap.evaluation import _mean_nll, evaluate
 from vlm_swap.generation import generate_answer
@@ -60,7 +60,7 @@ def vlm_swap_eval_loss(runner, context, answer, pictures):
     turn = [{"type": "image"}] * len(pictures) + [{"type": "text", "text": context}]
     messages = [{"role": "user", "content": turn}, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
     with torch.no_grad():
-        return _mean_nll(runner.model, Encoder(runner.processor, 4096)(Sample(0, messages, []), images=pictures))
+        return _mean_nll(runner.model, SampleEncoder(runner.processor, 4096)(Sample(0, messages, []), images=pictures))
 
 
 def test_generate_until_matches_vlm_swap_generate_in_batches(runner, images, tmp_path):

@@ -13,7 +13,7 @@ import torch
 from transformers import TrainerCallback
 
 import vlm_swap
-from vlm_swap.data import Collator, Encoder, EpochSampler, Packs, SwapDataset, load_dataset
+from vlm_swap.data import Collator, EpochSampler, Packs, SampleEncoder, SwapDataset, load_dataset
 from vlm_swap.train.run import _empty_think, train
 from vlm_swap.zoo.world import write_dataset
 
@@ -32,7 +32,7 @@ def test_a_packed_batch_has_the_loss_and_gradients_of_the_unpacked_one(tmp_path,
     del encoder_dir
     model, processor = vlm_swap.load(up, dtype=torch.float32)
     data = write_dataset(tmp_path / "d", 5, seed=4, captions=True)
-    encoder_ = Encoder(processor, 4096)
+    encoder_ = SampleEncoder(processor, 4096)
     samples, _ = load_dataset(data, data.parent, encoder_)
     feats = [encoder_(s) for s in samples]
     collate = Collator(processor.tokenizer.pad_token_id)
@@ -127,7 +127,7 @@ def test_resuming_decodes_no_sample_of_the_skipped_steps(setup):
 def test_a_dataset_of_packs_gives_whole_samples(setup):
     _, up, data = setup
     _, processor = vlm_swap.load(up)
-    encoder = Encoder(processor, 512)
+    encoder = SampleEncoder(processor, 512)
     samples, _ = load_dataset(data, data.parent, encoder)
     dataset = SwapDataset(samples, encoder)
     dataset.set_packing(True)
@@ -156,7 +156,7 @@ def test_samples_that_fail_to_decode_in_training_are_skipped_and_reported(setup,
     data = write_dataset(tmp_path / "data", 12, seed=13)
     _, processor = vlm_swap.load(up)
     think = _empty_think(up)  # the encoder train() builds, so that it finds this index in the cache
-    load_dataset(data, data.parent, Encoder(processor, 256, think))  # the index is built (and cached) now
+    load_dataset(data, data.parent, SampleEncoder(processor, 256, think))  # the index is built (and cached) now
     for image in sorted((data.parent / "images").iterdir())[::2]:  # then half the images break
         image.write_bytes(image.read_bytes()[:40])
     run = train("tiny-cpu", up, data, tmp_path / "run", images=data.parent, overrides=ONE_STAGE, progress=False)

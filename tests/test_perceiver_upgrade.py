@@ -50,11 +50,11 @@ def test_upgrade_with_family_reload_generate(tmp_path, llava, perceiver, images,
 @pytest.mark.parametrize("family", ["idefics3", "llava_onevision"])
 def test_training_batches_collate_across_tile_counts(tmp_path, llava, perceiver, images, family):
     """Samples whose images split into different numbers of tiles/views collate and give a finite loss."""
-    from vlm_swap.data import Collator, Encoder, Sample
+    from vlm_swap.data import Collator, Sample, SampleEncoder
 
     out = vlm_swap.upgrade(str(llava("llama2", "clip")), f"perceiver:{perceiver(family)}", tmp_path / "o")
     model, processor = vlm_swap.load(out)
-    encoder = Encoder(processor, max_length=4096)
+    encoder = SampleEncoder(processor, max_length=4096)
     rows = []
     for i, image in enumerate(images):
         messages = [

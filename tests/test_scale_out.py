@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 import vlm_swap
-from vlm_swap.data import Collator, Encoder, Sample
+from vlm_swap.data import Collator, Sample, SampleEncoder
 from vlm_swap.surgery.layouts import data_dir
 from vlm_swap.train.lockstep import DummyImage
 from vlm_swap.train.plan import apply_stage, run_plan, wrap
@@ -102,7 +102,7 @@ def test_a_text_only_batch_gets_a_dummy_image_that_changes_no_loss_and_no_gradie
     model, processor = vlm_swap.load(up)
     model = wrap(model, run_plan(recipe), seed=0).train()
     apply_stage(model, recipe.stages[1])  # connector + LoRA train
-    encoder = Encoder(processor, 256)
+    encoder = SampleEncoder(processor, 256)
     texts = [[{"role": "user", "content": [{"type": "text", "text": q}]},
               {"role": "assistant", "content": [{"type": "text", "text": a}]}]
              for q, a in (("say hello.", "hello"), ("what is two plus two?", "four"))]  # fmt: skip

@@ -10,7 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import vlm_swap
-from vlm_swap.data import Collator, Encoder, Sample, parse_row
+from vlm_swap.data import Collator, Sample, SampleEncoder, parse_row
 from vlm_swap.data.formats import read_rows
 from vlm_swap.train.flops import FlopCounter
 from vlm_swap.train.plan import apply_stage, run_plan, wrap
@@ -40,7 +40,7 @@ def test_a_stage_states_its_facts_and_logs_its_throughput(setup):
     assert align["dtypes"]["connector"] == "trainable float32" and align["dtypes"]["encoder"] == "frozen float32"
     # tokens per step: the global batch times the mean validated sample length
     model, processor = vlm_swap.load(up)
-    encoder = Encoder(processor, 256)
+    encoder = SampleEncoder(processor, 256)
     lengths = [len(encoder(Sample(n, *parse_row(r, data.parent, 1)))["input_ids"]) for n, r in read_rows(data)]
     assert align["tokens_per_step"] == round(4 * sum(lengths) / len(lengths))
     history = json.loads((run / "stage-1-align" / "final" / "log_history.json").read_text())
@@ -58,7 +58,7 @@ def test_flop_counter_matches_torch_and_weighs_the_backward(setup):
     model, processor = vlm_swap.load(up)
     model = wrap(model, run_plan(recipe), seed=0).train()
     apply_stage(model, recipe.stages[1])  # connector + LoRA on the LLM; the encoder frozen
-    encoder = Encoder(processor, 256)
+    encoder = SampleEncoder(processor, 256)
     samples = [Sample(n, *parse_row(r, data.parent, 1)) for n, r in list(read_rows(data))[:2]]
     batch = Collator(processor.tokenizer.pad_token_id)([encoder(s) for s in samples])
     counter = FlopCounter(model)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from rich.progress import Progress
 
-from .data import IGNORE, Encoder, Sample, load_dataset
+from .data import IGNORE, Sample, SampleEncoder, load_dataset
 from .errors import VlmSwapError
 from .generation import left_padded
 from .images import load_image
@@ -88,7 +88,7 @@ def _accuracy(flags: list[int], per_row: bool, **extra) -> dict[str, Any]:
 
 @torch.inference_mode()
 def choice_accuracy(
-    model, encoder: Encoder, rows: list[tuple[Sample, list[str]]], *, per_row: bool = False
+    model, encoder: SampleEncoder, rows: list[tuple[Sample, list[str]]], *, per_row: bool = False
 ) -> dict[str, Any]:
     """Multiple choice: the option with the highest mean log-likelihood of its answer tokens."""
     flags: list[int] = []
@@ -112,7 +112,7 @@ def _mean_nll(model, enc: dict[str, torch.Tensor]) -> float:
 
 
 @torch.inference_mode()
-def text_perplexity(model, encoder: Encoder, samples: list[Sample]) -> dict[str, Any]:
+def text_perplexity(model, encoder: SampleEncoder, samples: list[Sample]) -> dict[str, Any]:
     """Perplexity of the answer tokens of text-only rows (token-weighted)."""
     total, count = 0.0, 0
     for s in samples:
@@ -142,7 +142,7 @@ def score(
 ) -> dict[str, Any]:
     """All scores of one model on the given data (``per_row``: with every row's 0/1 outcome;
     ``on_bad_rows="skip"``: the valid rows are scored)."""
-    encoder = Encoder(processor, 4096, empty_think)
+    encoder = SampleEncoder(processor, 4096, empty_think)
     result: dict[str, Any] = {}
     if data is not None:
         samples, report = load_dataset(

@@ -1,11 +1,11 @@
 """The data pipeline: formats, the cached index, encoding, packing and loading.
 
 ``load_dataset`` validates a data file through the cached index and returns its usable samples
-and the data report; ``Encoder`` turns a sample into model inputs; ``SwapDataset``,
+and the data report; ``SampleEncoder`` turns a sample into model inputs; ``SwapDataset``,
 ``EpochSampler`` and ``Collator`` feed the Trainer; ``Packs`` packs samples into rows.
 """
 
-from .encoding import IGNORE, Encoder, ImageRows, TooLong
+from .encoding import IGNORE, ImageRows, SampleEncoder, TooLong
 from .formats import DataError, RowError, Sample, parse_row
 from .index import build_index
 from .loader import Collator, EpochSampler, SwapDataset, padding_fraction
@@ -17,7 +17,7 @@ __all__ = [
     "Collator",
     "DataError",
     "DataReport",
-    "Encoder",
+    "SampleEncoder",
     "EpochSampler",
     "ImageRows",
     "IndexedSamples",

@@ -51,7 +51,7 @@ class Layout:
             raise TooLong(f"no answer token within max_length {max_length}")
 
 
-class Encoder:
+class SampleEncoder:
     """Sample -> model inputs with labels, using the upgraded model's processor (or a source's own)."""
 
     def __init__(self, processor, max_length: int, empty_think: str | None = None):
@@ -200,7 +200,7 @@ class ImageRows:
     on the size (fixed-resolution towers), so a dataset costs one computation per distinct image size.
     """
 
-    def __init__(self, encoder: Encoder):
+    def __init__(self, encoder: SampleEncoder):
         self.encoder = encoder
         processor = encoder.processor
         kind = getattr(processor, "encoder_kind", None)

@@ -2,7 +2,7 @@
 
 Building it reads each row, checks its structure, that each image exists and decodes from its
 header (size and mode; no pixels are decoded), and lays out its tokens exactly as the full encode
-would (``encoding.Encoder.layout``) with each image's rows counted from its size
+would (``encoding.SampleEncoder.layout``) with each image's rows counted from its size
 (``encoding.ImageRows``). Text is tokenized by the fast tokenizer in batches. The result is an
 Arrow table (🤗 ``datasets``: memory-mapped, built with ``map(num_proc=...)``) with, per row, its
 line number, its normalised messages, its images, its untruncated length, where its last image
@@ -35,7 +35,7 @@ from typing import Any
 
 from ..errors import VlmSwapError
 from ..images import image_header
-from .encoding import Encoder, ImageRows
+from .encoding import ImageRows, SampleEncoder
 from .formats import DataError, RowError, iter_text_rows, loads_row, parse_row, source_kind
 
 INDEX_VERSION = 1
@@ -68,7 +68,7 @@ def _features():
 class _Context:
     """What a map worker needs to index a batch (pickled once per worker)."""
 
-    encoder: Encoder
+    encoder: SampleEncoder
     images_dir: Path
     max_images: int
     allow_absolute: bool
@@ -302,7 +302,7 @@ def _load(out: Path):
 def build_index(
     path: Path,
     images_dir: Path | None,
-    encoder: Encoder,
+    encoder: SampleEncoder,
     *,
     max_images: int = 1,
     allow_absolute: bool = False,

@@ -21,7 +21,7 @@ import torch
 
 from ..errors import VlmSwapError
 from ..train.features import content_key
-from .encoding import IGNORE, Encoder, TooLong
+from .encoding import IGNORE, SampleEncoder, TooLong
 from .formats import RowError
 from .packing import Packs
 
@@ -36,7 +36,7 @@ def default_workers() -> int:
 class SwapDataset(torch.utils.data.Dataset):
     """Samples (an ``IndexedSamples`` or a list), encoded on access; ``packs`` makes items packs of samples."""
 
-    def __init__(self, samples, encoder: Encoder, packs=None):
+    def __init__(self, samples, encoder: SampleEncoder, packs=None):
         self.samples = samples
         self.encoder = encoder
         self.packs = packs

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .encoding import Encoder
+from .encoding import SampleEncoder
 from .formats import DataError, Sample
 from .index import build_index
 
@@ -99,7 +99,7 @@ def report_of(table, max_length: int) -> tuple[IndexedSamples, DataReport]:
 def load_dataset(
     path: str | Path,
     images_dir: str | Path | None,
-    encoder: Encoder,
+    encoder: SampleEncoder,
     *,
     max_images: int = 1,
     on_bad_rows: str = "fail",

@@ -30,7 +30,7 @@ from ..checkpoints.guards import RUN_SUMMARY_NAME, check_output_dir
 from ..checkpoints.model_files import read_provenance, save_model, write_model_extras
 from ..checkpoints.resolve import checked_weight_files
 from ..compat import loaded_from
-from ..data import Collator, Encoder, SwapDataset, load_dataset
+from ..data import Collator, SampleEncoder, SwapDataset, load_dataset
 from ..data.index import index_progress
 from ..data.loader import default_workers
 from ..data.packing import varlen_attention
@@ -135,7 +135,7 @@ def _train(spec: Recipe, run: Path, model_dir, data, *, images, resume, on_bad_r
     model_path = loaded_from(model)
     # validated at the shortest stage length, so every kept sample fits every stage (each stage then
     # truncates text, never image tokens, at its own max_length)
-    encoder = Encoder(processor, min(s.max_length for s in spec.stages), _empty_think(model_path))
+    encoder = SampleEncoder(processor, min(s.max_length for s in spec.stages), _empty_think(model_path))
     show = progress and _rank() == 0
     with index_progress(console) if show else contextlib.nullcontext() as bar:
         samples, report = load_dataset(

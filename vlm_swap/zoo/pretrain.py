@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
-from ..data import Collator, Encoder, SwapDataset, load_dataset
+from ..data import Collator, SampleEncoder, SwapDataset, load_dataset
 from ..evaluation import qa_accuracy
 from . import PRETRAINED
 from .models import build_llava
@@ -46,7 +46,7 @@ def pretrain(
 ):
     model = AutoModelForImageTextToText.from_pretrained(path)
     processor = AutoProcessor.from_pretrained(path)
-    encoder = Encoder(processor, 512)
+    encoder = SampleEncoder(processor, 512)
     samples = [s for d in data_dirs for s in load_dataset(d / "data.json", d, encoder)[0]]
     collator = (
         _WithTokenTypes(processor.tokenizer.pad_token_id, processor.image_token_id)

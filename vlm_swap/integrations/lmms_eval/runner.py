@@ -11,7 +11,7 @@ which case the images go where it stands.
 - Generation is greedy unless the request asks for sampling (``temperature > 0``) and stops at the
   request's ``until`` strings.
 - A log-likelihood is scored the way ``vlm-swap eval`` scores an option: the continuation is the
-  assistant's answer, encoded by the training :class:`Encoder` (chat template, the answer's end of
+  assistant's answer, encoded by the training :class:`SampleEncoder` (chat template, the answer's end of
   turn included), and the result is the answer tokens' mean negative log-likelihood with whether
   each of them is the greedy token. That loss is what lmms-eval's own models return (its
   ``multiple_choice`` picks the option of lowest value), so the likeliest option wins.
@@ -26,7 +26,7 @@ from PIL import Image
 from rich.progress import Progress
 
 from ...api import load_any
-from ...data import IGNORE, Collator, Encoder, RowError, Sample, TooLong
+from ...data import IGNORE, Collator, RowError, Sample, SampleEncoder, TooLong
 from ...errors import VlmSwapError
 from ...generation import left_padded
 
@@ -92,7 +92,7 @@ class Runner:
         self.model.to(device)
         self.tokenizer = self.processor.tokenizer
         context = getattr(self.model.config.get_text_config(), "max_position_embeddings", None) or DEFAULT_CONTEXT
-        self.encoder = Encoder(self.processor, context)
+        self.encoder = SampleEncoder(self.processor, context)
         self.collate = Collator(self.tokenizer.pad_token_id)
 
     def user_turn(self, context: str, n_images: int) -> dict:
