@@ -265,6 +265,14 @@ def test_tensor_norms_are_the_2_norms():
     assert norms[2].isinf() and norms[3].isnan()
 
 
+def test_empty_shared_is_a_shared_tensor_of_the_shape_and_dtype():
+    like = torch.zeros(2, 3, dtype=torch.bfloat16)
+    out = compat.empty_shared(like, (5, 3))
+    assert out.shape == (5, 3) and out.dtype == torch.bfloat16 and out.is_shared() and not like.is_shared()
+    torch.cat([torch.ones(2, 3, dtype=torch.bfloat16), torch.full((3, 3), 2.0, dtype=torch.bfloat16)], out=out)
+    assert out[:2].eq(1).all() and out[2:].eq(2).all()
+
+
 def test_pickle_tensors_load_memory_mapped_or_whole(tmp_path):
     tensors = {"w": torch.arange(6.0).reshape(2, 3)}
     torch.save(tensors, tmp_path / "zip.pt")

@@ -130,3 +130,29 @@ def test_collator_pads_right_and_concatenates_images(tmp_path, upgraded):
         assert batch["attention_mask"][i].sum() == n and (batch["labels"][i, n:] == IGNORE).all()
     assert batch["image_grid_thw"].shape == (3, 3)
     assert batch["pixel_values"].shape[0] == sum(f["pixel_values"].shape[0] for f in feats)
+
+
+def test_a_worker_collates_the_batch_the_main_process_would(tmp_path, upgraded):
+    import torch
+
+    from vlm_swap.data import EpochSampler, SwapDataset
+
+    _, processor = vlm_swap.load(upgraded)
+    path = write_dataset(tmp_path, 6, seed=7)
+    encoder = SampleEncoder(processor, 512)
+    samples, _ = load_dataset(path, tmp_path, encoder)
+    dataset = SwapDataset(samples, encoder)
+    collate = Collator(processor.tokenizer.pad_token_id)
+
+    def batches(workers):
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=3, sampler=EpochSampler(len(dataset), 0), collate_fn=collate, num_workers=workers
+        )
+        return list(loader)
+
+    here, there = batches(0), batches(1)
+    assert len(here) == len(there) == 2
+    for a, b in zip(here, there, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key

@@ -7,7 +7,8 @@ named for what vlm-swap needs from it, so a break shows in one test and is fixed
   auto-class names of a model type, weight initialisation switched off, the directory a model was loaded from,
   LLaVA-OneVision's count of image features, the Trainer's checkpoint directory and rotation;
 - accelerate: its FSDP state on CPU processes; DeepSpeed: which parameters have a float32 master;
-- torch: the norms of many tensors at once, and the fallback for pickle files that cannot be memory-mapped;
+- torch: the norms of many tensors at once, a tensor allocated in shared memory, and the fallback for pickle
+  files that cannot be memory-mapped;
 - open_clip: its vision-tower builder; safetensors: the OS error inside its error text.
 
 Methods vlm-swap overrides (transformers' ``GenerationMixin._validate_model_kwargs``, ``ProcessorMixin.
@@ -175,6 +176,17 @@ def tensor_norms(tensors: list) -> list:
     import torch
 
     return list(torch._foreach_norm(tensors))
+
+
+def empty_shared(like, shape: tuple[int, ...]):
+    """An uninitialised tensor of ``like``'s dtype and ``shape`` in shared memory, as torch's own collate allocates
+    a batch in a DataLoader worker: the batch then crosses to the training process without a copy.
+    (``Tensor.share_memory_`` on a new tensor would copy it once more.)"""
+    numel = 1
+    for n in shape:
+        numel *= n
+    storage = like._typed_storage()._new_shared(numel, device=like.device)
+    return like.new(storage).view(shape)
 
 
 def torch_load_tensors(path: Path):
