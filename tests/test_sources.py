@@ -53,7 +53,7 @@ def test_upgrade_each_source(tmp_path, sources, perceiver, vit, vision_lib, imag
     src = sources[source_id]()
     builder = {"perceiver": perceiver, "hf-vit": vit}.get(kind, vision_lib)
     encoder = builder(ENCODERS[kind])
-    assert open_source(str(src), weights=False).adapter.id == source_id
+    assert open_source(str(src), weights=False).layout.id == source_id
     out = vlm_swap.upgrade(str(src), f"{kind}:{encoder}", tmp_path / "out")
 
     model = AutoModelForImageTextToText.from_pretrained(out).eval()
@@ -115,7 +115,7 @@ def test_llava_original_config_is_read_from_the_raw_file(llava_original, llm, co
     if raw["model_type"] == "llava":  # what AutoConfig makes of it: a llava-hf config with a default LLM
         assert isinstance(AutoConfig.from_pretrained(src), LlavaConfig)
     opened = open_source(str(src))
-    assert opened.adapter.id == "llava-original"
+    assert opened.layout.id == "llava-original"
     text = opened.text_config
     assert type(text) is config_cls
     assert (text.hidden_size, text.num_hidden_layers, text.vocab_size) == (

@@ -52,11 +52,11 @@ def inspect_built(source: str, *, trust_remote_code: bool = False) -> dict[str, 
         src = Source(Path(entry.hub_id), adapter, config)
     else:
         src = open_source(source, weights=False, trust_remote_code=trust_remote_code)
-    causal = src.adapter is CAUSAL_LM or src.adapter.llm_config.flat
+    causal = src.layout is CAUSAL_LM or src.layout.llm_config.flat
     model = _meta_model(src.text_config if causal else src.config, causal=causal, trust_remote_code=trust_remote_code)
     parts: dict[str, int] = {"encoder": 0, "connector": 0, "llm": 0}
     for name, p in model.named_parameters():
-        part = src.adapter.part_of(name)
+        part = src.layout.part_of(name)
         if part:
             parts[part] += p.numel()
     extra = 0
@@ -69,7 +69,7 @@ def inspect_built(source: str, *, trust_remote_code: bool = False) -> dict[str, 
     report: dict[str, Any] = {
         "path": str(src.path),
         "architecture": describe(src.config),
-        "source_kind": src.adapter.id,
+        "source_kind": src.layout.id,
         "weights": "safetensors" if src.path.is_dir() and any(src.path.glob("*.safetensors")) else "config only",
         "parts": {
             "encoder": {
@@ -108,7 +108,7 @@ def _header_counts(src: Source) -> dict[str, int]:
     for path in weight_files(src.path, required=False):
         with open_safetensors(path) as st:
             for key in st.keys():
-                if part := src.adapter.part_of(key):
+                if part := src.layout.part_of(key):
                     shape = st.get_slice(key).get_shape()
                     counts[part] += int(torch.Size(shape).numel())
     return counts
@@ -116,7 +116,7 @@ def _header_counts(src: Source) -> dict[str, int]:
 
 def _tokens_per_image(src) -> int | None:
     cfg, vision = src.config, src.vision_config
-    if src.adapter.id == "swap-vlm":
+    if src.layout.id == "swap-vlm":
         return _swap_vlm_rows(src)
     if getattr(cfg, "image_seq_length", None):
         return int(cfg.image_seq_length)

@@ -171,7 +171,9 @@ class SourceLayout:
             return None
         model_type = self.llm_config.type_for(archs, "")
         if not model_type:
-            raise VlmSwapError(f"{archs[0]}: no LLM model type declared for it in the {self.id} adapter")
+            raise VlmSwapError(
+                f"{archs[0]}: no LLM model type declared for it in the {self.id} layout (adapters/{self.id}.yaml)"
+            )
         values = {k: v for k, v in raw.items() if k not in ("model_type", "transformers_version", "_name_or_path")}
         if values.get("rope_scaling", 0) is None:  # null: no scaling (a deprecated key in transformers 5)
             del values["rope_scaling"]

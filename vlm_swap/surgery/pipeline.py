@@ -273,7 +273,7 @@ def _write_model_files(tmp: Path, p: Prepared, dtype: torch.dtype, *, command: s
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "source": str(inputs.source_id),
-        "source_kind": inputs.source.adapter.id,
+        "source_kind": inputs.source.layout.id,
         "llm_family": inputs.family.id,
         "encoder": str(inputs.encoder.spec),
         "encoder_info": loaded.info,

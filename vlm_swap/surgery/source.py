@@ -28,34 +28,34 @@ from .layouts import CAUSAL_LM, SOURCES, SourceLayout, detect_layout
 
 @dataclass
 class Source:
-    """A source checkpoint opened for reading: config, layout (``adapter``: its ``adapters/*.yaml`` spec) and
+    """A source checkpoint opened for reading: config, layout (its ``adapters/*.yaml`` spec) and
     lazily opened weight files."""
 
     path: Path
-    adapter: SourceLayout
+    layout: SourceLayout
     config: PreTrainedConfig
     weight_files: list[Path] = field(default_factory=list)
     allow_pickle: bool = False
 
     @property
     def text_config(self) -> PreTrainedConfig:
-        if self.adapter is CAUSAL_LM:
+        if self.layout is CAUSAL_LM:
             return self.config
-        return self.adapter.text_config_of(self.config)
+        return self.layout.text_config_of(self.config)
 
     @property
     def vision_config(self) -> PreTrainedConfig | None:
-        key = self.adapter.config.get("vision_config")
+        key = self.layout.config.get("vision_config")
         return getattr(self.config, key, None) if key else None
 
     @property
     def image_token_id(self) -> int | None:
-        key = self.adapter.config.get("image_token_id")
+        key = self.layout.config.get("image_token_id")
         return getattr(self.config, key, None) if key else None
 
     def config_value(self, field: str):
         """The value of a layout config field (``connector_type``, ``vision_tower``, ...), or None."""
-        key = self.adapter.config.get(field)
+        key = self.layout.config.get(field)
         return getattr(self.config, key, None) if key else None
 
     def open(self, path: Path):
@@ -85,12 +85,12 @@ class Source:
 
     def check_parts(self) -> None:
         """Refuse a checkpoint that lacks every weight of a part its layout requires."""
-        present = {self.adapter.part_of(k) for k in self.tensors()}
-        for part in self.adapter.required_parts:
+        present = {self.layout.part_of(k) for k in self.tensors()}
+        for part in self.layout.required_parts:
             if part not in present:
-                where = ", ".join(f"{p}*" for p in self.adapter.prefixes(part))
+                where = ", ".join(f"{p}*" for p in self.layout.prefixes(part))
                 raise VlmSwapError(
-                    f"{self.path}: no {part} weights ({where}): an incomplete {self.adapter.id} checkpoint"
+                    f"{self.path}: no {part} weights ({where}): an incomplete {self.layout.id} checkpoint"
                 )
 
 
@@ -173,7 +173,7 @@ def read_parts(src: Source, *, trust_remote_code: bool) -> SourceParts:
 
 def _chat_template(src: Source, tokenizer, trust_remote_code: bool) -> str | None:
     """The source's processor template (multimodal-aware), else the tokenizer's, else its layout's default."""
-    if src.adapter.id != "causal-lm":
+    if src.layout.id != "causal-lm":
         try:
             processor = AutoProcessor.from_pretrained(
                 str(src.path), config=src.config, trust_remote_code=trust_remote_code
@@ -182,7 +182,7 @@ def _chat_template(src: Source, tokenizer, trust_remote_code: bool) -> str | Non
                 return processor.chat_template
         except (OSError, ValueError, TypeError):
             pass
-    return tokenizer.chat_template or src.adapter.chat_template
+    return tokenizer.chat_template or src.layout.chat_template
 
 
 def _generation_config(src: Source) -> GenerationConfig:

@@ -42,7 +42,7 @@ def check_llm_shapes(src: Source, files: dict[Path, dict[str, SourceTensor]], sk
     embeddings = (skeleton.get_input_embeddings(), skeleton.get_output_embeddings())
     resized = {_param_name(skeleton, m) for m in embeddings if m is not None}
     for key, shape in ((k, t.shape) for tensors in files.values() for k, t in tensors.items()):
-        llm_key = None if src.adapter.part_of(key) in ("encoder", "connector") else src.adapter.llm_key(key)
+        llm_key = None if src.layout.part_of(key) in ("encoder", "connector") else src.layout.llm_key(key)
         want = expected.get(llm_key)
         if want is not None and (shape[1:] != want[1:] if llm_key in resized else shape != want):
             raise VlmSwapError(
@@ -81,13 +81,13 @@ def plan_llm(
     for path, tensors in files.items():
         shard, grown = [], []
         for key, t in tensors.items():
-            part = src.adapter.part_of(key)
+            part = src.layout.part_of(key)
             if part in ("encoder", "connector"):
                 continue
-            llm_key = src.adapter.llm_key(key)
+            llm_key = src.layout.llm_key(key)
             if llm_key is None or llm_key not in names:
                 raise VlmSwapError(
-                    f"{path.name}: weight {key!r} does not belong to the {src.adapter.id} "
+                    f"{path.name}: weight {key!r} does not belong to the {src.layout.id} "
                     "layout (config/weights mismatch?)"
                 )
             floating = t.dtype.is_floating_point
