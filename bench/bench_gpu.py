@@ -47,7 +47,7 @@ from vlm_swap.train.flops import FlopCounter, peak_flops  # noqa: E402
 from vlm_swap.train.plan import apply_stage, run_plan, wrap  # noqa: E402
 from vlm_swap.train.recipe import load_recipe  # noqa: E402
 
-NOT_MEASURED = "not measured (no GPU lent)"
+NOT_MEASURED = "not measured (no GPU)"
 NAN = float("nan")
 GOALS = {"gpu_dpa_stage2_mfu": ">= 0.35", "gpu_dpa_train_cost_vs_vit": "<= 1.14", "gpu_dpa_inference_vs_vit": ">= 0.94",
          "gpu_train_cli_vs_plan": ">= 0.95"}  # fmt: skip
