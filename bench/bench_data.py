@@ -168,23 +168,22 @@ def loader_speed(model: Path, data: Path, images: Path, batches: int, rounds: in
     import torch
 
     import vlm_swap
-    from vlm_swap.data import Collator, EpochSampler, SwapDataset, load_dataset
+    from vlm_swap.data import Collator, EpochSampler, SampleEncoder, SwapDataset, load_dataset
 
     _, processor = vlm_swap.load(model)
-    from vlm_swap.data import SampleEncoder
-
     encoder = SampleEncoder(processor, 2048)
     samples, _ = load_dataset(data, images, encoder)
     dataset = SwapDataset(samples, encoder)
     collate = Collator(processor.tokenizer.pad_token_id)
-    # "0x1": no workers and one torch thread, the per-core rate that 2 workers can at most double; the plain
-    # "0" keeps torch's default threads, which already spread the image transforms over both cores.
-    speeds: dict[str, list[float]] = {"0": [], "2": [], "0x1": []}
+    # name -> (workers, torch threads). "0x1": no workers on one thread, the per-core rate that 2 workers can at
+    # most double, beside "0" on torch's default threads (if those sped up the transforms, "0" would be faster).
     threads = torch.get_num_threads()
+    configs = {"0": (0, threads), "2": (2, threads), "0x1": (0, 1)}
+    speeds: dict[str, list[float]] = {name: [] for name in configs}
     for r in range(rounds):
-        for name in ("0", "2", "0x1") if r % 2 == 0 else ("0x1", "2", "0"):
-            workers = int(name[0])
-            torch.set_num_threads(1 if name == "0x1" else threads)
+        for name in configs if r % 2 == 0 else reversed(configs):
+            workers, intra = configs[name]
+            torch.set_num_threads(intra)
             kwargs = {"persistent_workers": True, "prefetch_factor": 4} if workers else {}
             loader = torch.utils.data.DataLoader(
                 dataset, batch_size=16, sampler=EpochSampler(len(dataset), r), collate_fn=collate,

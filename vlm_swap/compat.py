@@ -22,6 +22,7 @@ remote-code export can ship it beside the run-time code that uses it (LLaVA-OneV
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -182,10 +183,7 @@ def empty_shared(like, shape: tuple[int, ...]):
     """An uninitialised tensor of ``like``'s dtype and ``shape`` in shared memory, as torch's own collate allocates
     a batch in a DataLoader worker: the batch then crosses to the training process without a copy.
     (``Tensor.share_memory_`` on a new tensor would copy it once more.)"""
-    numel = 1
-    for n in shape:
-        numel *= n
-    storage = like._typed_storage()._new_shared(numel, device=like.device)
+    storage = like._typed_storage()._new_shared(math.prod(shape), device=like.device)
     return like.new(storage).view(shape)
 
 
