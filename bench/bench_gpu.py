@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_cli  # noqa: E402
 from common import record  # noqa: E402
 
-from vlm_swap.modeling import SwapVLMConfig, SwapVLMForConditionalGeneration  # noqa: E402
+from vlm_swap.format import SwapVLMConfig, SwapVLMForConditionalGeneration  # noqa: E402
 from vlm_swap.train.flops import FlopCounter, peak_flops  # noqa: E402
 from vlm_swap.train.plan import apply_stage, run_plan, wrap  # noqa: E402
 from vlm_swap.train.recipe import load_recipe  # noqa: E402

@@ -117,10 +117,11 @@ def main() -> None:
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
     from vlm_swap import zoo
-    from vlm_swap.encoders.perceiver import DEFAULT_SYSTEM_PROMPT, PerceiverEncoder
+    from vlm_swap.backends.base import LoadOptions
+    from vlm_swap.backends.perceiver import DEFAULT_SYSTEM_PROMPT, PerceiverBackend
 
     path = build_perceiver(args.work / "qwen3-vl", max_pixels=max(args.size, 64) ** 2)
-    loaded = PerceiverEncoder.load(str(path), dtype=None, trust_remote_code=False)
+    loaded = PerceiverBackend.load(str(path), LoadOptions())
     enc = loaded.module.eval().to(args.device)
     full = Qwen3VLForConditionalGeneration.from_pretrained(path).eval().to(args.device)
     processor = AutoProcessor.from_pretrained(path)

@@ -1,4 +1,4 @@
-"""Each private dependency API vlm-swap uses (``vlm_swap.compat``), checked on tiny real objects: a release that
+"""Each private dependency API vlm-swap uses (``vlm_swap.format.compat``), checked on tiny real objects: a release that
 changes one fails here, loudly, before it breaks an upgrade, a training run or an export.
 
 Wrappers are called and their results checked. Methods vlm-swap overrides (which cannot go through a wrapper)
@@ -32,11 +32,10 @@ from transformers import (
 from transformers.generation.utils import GenerationMixin
 
 import vlm_swap
-from vlm_swap import compat
-from vlm_swap.compat import hf_auto_dtype, hf_checkpoint_keys
-from vlm_swap.encoders.streaming import meta_module
-from vlm_swap.encoders.timm_vit import timm_config
-from vlm_swap.modeling import SwapVLMProcessor
+from vlm_swap.backends.streaming import meta_module
+from vlm_swap.backends.timm_vit import timm_config
+from vlm_swap.format import SwapVLMProcessor, compat
+from vlm_swap.format.compat import hf_auto_dtype, hf_checkpoint_keys
 
 
 def _params(fn) -> list[str]:

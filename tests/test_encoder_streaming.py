@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import vlm_swap
-from vlm_swap.encoders import ENCODERS
+from vlm_swap.backends import ENCODERS
+from vlm_swap.backends.base import LoadOptions
 from vlm_swap.errors import VlmSwapError
 from vlm_swap.zoo.perceivers import PERCEIVER_BUILD_FAMILIES
 
@@ -39,7 +40,7 @@ def as_bytes(t: torch.Tensor) -> torch.Tensor:
 
 
 def load(kind: str, path, stream: bool):
-    return ENCODERS.get(kind).load(str(path), dtype=None, trust_remote_code=False, stream=stream)
+    return ENCODERS.get(kind).load(str(path), LoadOptions(stream=stream))
 
 
 @pytest.mark.parametrize("kind,variant", CASES, ids=[v for _, v in CASES])

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import vlm_swap
-from vlm_swap.encoders import ENCODERS
+from vlm_swap.backends import ENCODERS
 from vlm_swap.errors import VlmSwapError
-from vlm_swap.modeling import SwapVLMForConditionalGeneration, SwapVLMProcessor
+from vlm_swap.format import SwapVLMForConditionalGeneration, SwapVLMProcessor
 from vlm_swap.zoo.vision_libs import build_open_clip, build_timm_vit
 
 from .helpers import ask, read_tensors
@@ -81,7 +81,10 @@ def test_upgrade_reload_rows_features_generate(tmp_path, llava, images, kind):
         n_placeholders = int(torch.isin(inputs["input_ids"], torch.tensor(model.config.feature_token_ids)).sum())
         with torch.no_grad():
             feats = model.get_image_features(pixel_values=inputs["pixel_values"])  # [R, D_llm]
-        rows = [ENCODERS.get(kind).image_rows(inputs, i, model.config.encoder_args) for i in range(len(pics))]
+        rows = [
+            ENCODERS.get(kind).runtime.processing.image_rows(inputs, i, model.config.encoder_args)
+            for i in range(len(pics))
+        ]
         assert feats.shape == (n_placeholders, model.config.text_config.hidden_size)
         assert rows == [16] * len(pics) and sum(rows) == n_placeholders  # 64 px / patch 16 -> 4 x 4 patches
 
@@ -133,8 +136,8 @@ def test_bad_sources_fail_in_one_line(tmp_path):
     cfg = json.loads((timm_dir / "config.json").read_text())
     (timm_dir / "config.json").write_text(json.dumps({**cfg, "architecture": "vit_no_such_model"}))
     with pytest.raises(VlmSwapError, match="unknown timm architecture 'vit_no_such_model'"):
-        ENCODERS.get("timm").load(str(timm_dir), dtype=None, trust_remote_code=False)
+        ENCODERS.get("timm").load(str(timm_dir))
     clip_dir = build_open_clip(tmp_path / "oc")
     (clip_dir / "open_clip_config.json").unlink()
     with pytest.raises(VlmSwapError, match="no open_clip_config.json"):
-        ENCODERS.get("open-clip").load(str(clip_dir), dtype=None, trust_remote_code=False)
+        ENCODERS.get("open-clip").load(str(clip_dir))

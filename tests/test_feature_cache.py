@@ -12,7 +12,7 @@ import torch
 
 import vlm_swap
 from vlm_swap.data import Collator, Sample, SampleEncoder
-from vlm_swap.encoders.base import EncoderBackend
+from vlm_swap.format.encoder import EncoderModule
 from vlm_swap.train.features import FeatureCache, content_key, fingerprint
 from vlm_swap.train.run import train
 from vlm_swap.zoo.world import write_dataset
@@ -43,7 +43,7 @@ def _run(setup, name, cache: bool):
     calls = []
 
     def count(module, args, output):
-        if isinstance(module, EncoderBackend):
+        if isinstance(module, EncoderModule):
             calls.append(1)
 
     handle = torch.nn.modules.module.register_module_forward_hook(count)

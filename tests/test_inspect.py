@@ -11,8 +11,8 @@ from transformers import LlavaForConditionalGeneration
 
 import vlm_swap
 from vlm_swap.catalog import CATALOG
+from vlm_swap.format import SwapVLMProcessor
 from vlm_swap.inspection import inspect_source
-from vlm_swap.modeling import SwapVLMProcessor
 
 
 def test_inspect_counts_match_the_real_model(llava):

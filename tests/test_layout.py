@@ -1,4 +1,5 @@
-"""The package's shape: no module-level import cycle inside vlm_swap, and no source file over 400 lines."""
+"""The package's shape: no module-level import cycle inside vlm_swap, no source file over 400 lines, and a model
+format that stands alone (what a remote-code export ships)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,32 @@ def test_no_source_file_over_400_lines():
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert long == {}
+
+
+def _outside_try(tree: ast.AST):
+    """The import statements of ``tree`` that are not inside a ``try`` block (at any depth)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Try):
+            todo += node.handlers + node.orelse + node.finalbody  # the guarded body itself is skipped
+            continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+        todo += list(ast.iter_child_nodes(node))
+
+
+def test_the_format_imports_only_its_own_flat_siblings():
+    """Every import of ``vlm_swap/format`` is of a sibling file (``from .x import y``) or of a library, so the files
+    work as they are in an exported model; an installed vlm-swap is reached only inside ``try`` (plug-in kinds)."""
+    bad = []
+    for path in sorted((PACKAGE / "format").glob("*.py")):
+        for node in _outside_try(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                if node.level > 1 or not node.module or "." in node.module:
+                    bad.append(f"{path.name}:{node.lineno}")
+            else:
+                names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                bad += [f"{path.name}:{node.lineno}" for n in names if n and n.split(".")[0] == "vlm_swap"]
+    assert bad == []
+    assert len(list((PACKAGE / "format").glob("*.py"))) > 5  # the scan sees the format

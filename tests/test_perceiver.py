@@ -6,8 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vlm_swap.encoders.perceiver import DEFAULT_SYSTEM_PROMPT, PERCEIVER_FAMILIES, PerceiverEncoder, check_family
+from vlm_swap.backends.base import LoadOptions
+from vlm_swap.backends.perceiver import DEFAULT_SYSTEM_PROMPT, PerceiverBackend
 from vlm_swap.errors import VlmSwapError
+from vlm_swap.format.perceiver import PERCEIVER_FAMILIES, PerceiverProcessing, check_family
 
 FAMILIES = ["qwen3_vl", "qwen2_5_vl", "qwen2_vl", "idefics3", "llava_onevision", "gemma3"]
 
@@ -19,7 +21,7 @@ def loaded_perceivers(perceiver):
     def get(family):
         if family not in cache:
             path = perceiver(family)
-            loaded = PerceiverEncoder.load(str(path), dtype=None, trust_remote_code=False)
+            loaded = PerceiverBackend.load(str(path), LoadOptions())
             loaded.module.eval()
             cache[family] = (path, loaded)
         return cache[family]
@@ -29,7 +31,7 @@ def loaded_perceivers(perceiver):
 
 def encode(loaded, images):
     enc = loaded.module
-    inputs = enc.preprocess(loaded.image_processor, images, enc.args, return_tensors="pt")
+    inputs = enc.processing.preprocess(loaded.image_processor, images, enc.args, return_tensors="pt")
     with torch.no_grad():
         return enc(**inputs), inputs
 
@@ -68,7 +70,7 @@ def test_features_equal_full_model_states_and_ignore_the_question(loaded_perceiv
         naive = out.hidden_states[-1][0, s : e + 1]
         boundary = 2 if PERCEIVER_FAMILIES[family].boundaries else 0
         assert rows.shape == (e + 1 - s, full.config.get_text_config().hidden_size)
-        assert PerceiverEncoder.image_rows(inputs, 0, loaded.module.args) == e + 1 - s - boundary
+        assert PerceiverProcessing.image_rows(inputs, 0, loaded.module.args) == e + 1 - s - boundary
         torch.testing.assert_close(rows, naive, atol=1e-5, rtol=1e-5)
 
 
@@ -79,7 +81,7 @@ def test_batch_of_different_sizes_equals_one_by_one(loaded_perceivers, images, f
     alone = torch.cat([encode(loaded, [im])[0] for im in images])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
     boundary = 2 if loaded.module.uses_boundaries else 0
-    counts = [PerceiverEncoder.image_rows(inputs, i, loaded.module.args) + boundary for i in range(len(images))]
+    counts = [PerceiverProcessing.image_rows(inputs, i, loaded.module.args) + boundary for i in range(len(images))]
     assert sum(counts) == together.shape[0]
 
 
@@ -88,8 +90,10 @@ def test_family_rules_predict_the_row_counts(loaded_perceivers, images):
     grids = {}
     for family in ("idefics3", "gemma3", "llava_onevision"):
         _, loaded = loaded_perceivers(family)
-        inputs = loaded.module.preprocess(loaded.image_processor, images, loaded.module.args, return_tensors="pt")
-        grids[family] = (inputs, [PerceiverEncoder.image_rows(inputs, i, loaded.module.args) for i in range(3)])
+        inputs = loaded.module.processing.preprocess(
+            loaded.image_processor, images, loaded.module.args, return_tensors="pt"
+        )
+        grids[family] = (inputs, [PerceiverProcessing.image_rows(inputs, i, loaded.module.args) for i in range(3)])
     # Idefics3: longest edge resized to 64, 32 px tiles of 4 tokens, then a global view; "\n" after each row
     inputs, rows = grids["idefics3"]
     assert inputs["tile_grid"].tolist() == [[2, 2], [2, 1], [2, 2]]
@@ -135,7 +139,7 @@ def test_unsupported_family_is_refused():
 
 def test_a_checkpoint_of_another_family_is_refused_on_load(llava):
     with pytest.raises(VlmSwapError, match="perceiver family 'llava' is not supported"):
-        PerceiverEncoder.load(str(llava()), dtype=None, trust_remote_code=False)
+        PerceiverBackend.load(str(llava()), LoadOptions())
 
 
 def test_a_model_type_transformers_cannot_load_is_refused(tmp_path):
@@ -143,4 +147,4 @@ def test_a_model_type_transformers_cannot_load_is_refused(tmp_path):
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "not_a_real_vlm", "hidden_size": 8}))
     with pytest.raises(VlmSwapError, match="cannot read the config.*perceiver families supported: gemma3"):
-        PerceiverEncoder.load(str(tmp_path), dtype=None, trust_remote_code=False)
+        PerceiverBackend.load(str(tmp_path), LoadOptions())

@@ -45,7 +45,7 @@ def test_catalog_token_budgets_follow_the_family_rules():
     import transformers as tf
     from PIL import Image
 
-    from vlm_swap.encoders.perceiver import PERCEIVER_FAMILIES
+    from vlm_swap.format.perceiver import PERCEIVER_FAMILIES
 
     image = [Image.new("RGB", (512, 512))]
     got = {}

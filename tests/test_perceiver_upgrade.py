@@ -24,14 +24,16 @@ def test_upgrade_with_family_reload_generate(tmp_path, llava, perceiver, images,
     inputs = processor(images=pics, text=ask(processor, 2), return_tensors="pt")
     image_inputs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     boundary = 2 if model.encoder.uses_boundaries else 0
-    rows = [model.encoder.image_rows(image_inputs, i, model.encoder.args) + boundary for i in range(2)]
+    rows = [model.encoder.processing.image_rows(image_inputs, i, model.encoder.args) + boundary for i in range(2)]
     n_placeholders = int(torch.isin(inputs["input_ids"], torch.tensor(model.config.feature_token_ids)).sum())
     with torch.no_grad():
         feats = model.get_image_features(**image_inputs)
         alone = torch.cat(
             [
                 model.encoder(
-                    **model.encoder.preprocess(processor.image_processor, [im], model.encoder.args, return_tensors="pt")
+                    **model.encoder.processing.preprocess(
+                        processor.image_processor, [im], model.encoder.args, return_tensors="pt"
+                    )
                 )
                 for im in pics
             ]

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from vlm_swap import registry
+from vlm_swap.backends import BUILT_IN_KINDS, ENCODERS, EncoderSpec
 from vlm_swap.connectors import CONNECTORS
-from vlm_swap.encoders import BUILT_IN_KINDS, ENCODERS, EncoderSpec
 from vlm_swap.errors import VlmSwapError
+from vlm_swap.format.kinds import BUILT_IN_KINDS as FORMAT_KINDS
+from vlm_swap.format.kinds import encoder_module
 from vlm_swap.registry import Lazy, Registry, UnknownIdError
 
 
@@ -55,6 +57,11 @@ def test_encoder_kinds_list_the_facts_of_their_backend_classes(kind):
         backend.input_names,
         backend.uses_boundaries,
     )
+    assert backend.runtime is encoder_module(kind)  # the format builds the module the backend loads into
+
+
+def test_the_format_and_the_registry_know_the_same_built_in_kinds():
+    assert set(FORMAT_KINDS) == set(BUILT_IN_KINDS)
 
 
 def test_encoder_spec_parsing():

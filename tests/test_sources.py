@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 import vlm_swap
 from vlm_swap.cli import app
 from vlm_swap.errors import VlmSwapError
+from vlm_swap.format import SwapVLMForConditionalGeneration
 from vlm_swap.inspection import inspect_source
-from vlm_swap.modeling import SwapVLMForConditionalGeneration
 from vlm_swap.surgery.layouts import SOURCES
 from vlm_swap.surgery.source import open_source
 

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import vlm_swap
-from vlm_swap.modeling import SwapVLMForConditionalGeneration, SwapVLMProcessor
+from vlm_swap.format import SwapVLMForConditionalGeneration, SwapVLMProcessor
 from vlm_swap.surgery.layouts import SOURCES
 
 from .helpers import ask, read_tensors

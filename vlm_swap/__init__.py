@@ -14,9 +14,11 @@ from .errors import VlmSwapError, quiet_interrupt_while_starting, started_as_the
 
 def import_library() -> None:
     """Import the model format (registering the Auto classes) and the API: what ``import vlm_swap`` does."""
-    global build, load, modeling, upgrade
+    global build, load, upgrade
     with quiet_interrupt_while_starting():  # torch and transformers take seconds to import
-        from . import modeling  # (registers the Auto classes)
+        from . import format
+
+        format.register()
         from .api import load
         from .surgery.pipeline import build, upgrade
 
@@ -24,4 +26,4 @@ def import_library() -> None:
 if not started_as_the_command():
     import_library()
 
-__all__ = ["__version__", "build", "load", "modeling", "upgrade", "VlmSwapError"]
+__all__ = ["__version__", "build", "load", "upgrade", "VlmSwapError"]

@@ -11,7 +11,8 @@ from .checkpoints.atomic import read_json
 from .checkpoints.resolve import checked_weight_files, resolve_source
 from .checkpoints.safe import load_pretrained
 from .errors import VlmSwapError
-from .modeling import SwapVLMForConditionalGeneration, SwapVLMProcessor
+from .format.modeling_swap_vlm import SwapVLMForConditionalGeneration
+from .format.processing_swap_vlm import SwapVLMProcessor
 
 ADAPTER_CONFIG = "adapter_config.json"  # peft's: a training run that holds a LoRA adapter
 

@@ -34,10 +34,10 @@ from typing import Any
 
 from rich.text import Text
 
+from .backends import EncoderSpec
 from .checkpoints.atomic import atomic_dir, read_json, write_json
 from .checkpoints.guards import RUN_SUMMARY_NAME, check_not_an_input
 from .compare_clock import ArmClock, add_upgrade_time, read_clock
-from .encoders import EncoderSpec
 from .errors import VlmSwapError
 
 EXPERIMENT_NAME = "compare.json"

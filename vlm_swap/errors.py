@@ -9,11 +9,9 @@ from __future__ import annotations
 import contextlib
 import sys
 
+from .format.errors import VlmSwapError
 
-class VlmSwapError(Exception):
-    """An error caused by the user's input or environment, with a one-line message."""
-
-    exit_code = 2
+__all__ = ["VlmSwapError", "quiet_interrupt_while_starting", "started_as_the_command"]
 
 
 def started_as_the_command() -> bool:

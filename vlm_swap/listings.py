@@ -8,9 +8,9 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import asdict
 
+from .backends import ENCODERS
 from .catalog import CATALOG
 from .connectors import CONNECTORS
-from .encoders import ENCODERS
 from .errors import VlmSwapError
 from .llms import LLMS
 from .pairing import as_dicts, check_pair, encoder_facts, llm_facts, verdict

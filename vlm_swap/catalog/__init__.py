@@ -64,7 +64,7 @@ class CatalogEntry:
         arch = copy.deepcopy(self.published_config())  # transformers fills in sub-config dicts it is given
         from transformers import AutoConfig
 
-        from ..compat import hf_architecture
+        from ..format.compat import hf_architecture
 
         model_type = arch.pop("model_type")
         cfg = AutoConfig.for_model(model_type, **arch)

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..compat import safetensors_errno
 from ..errors import VlmSwapError
+from ..format.compat import safetensors_errno
 from .guards import check_output_dir
 
 #: errno -> the cause a user can act on, for writes that fail because of the environment

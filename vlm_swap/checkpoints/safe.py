@@ -18,8 +18,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, PreTrainedConfig
 
-from ..compat import torch_load_tensors
 from ..errors import VlmSwapError
+from ..format.compat import torch_load_tensors
 from .atomic import read_json
 from .resolve import ALLOW_PICKLE_HINT, PICKLE_SUFFIXES, checked_weight_files
 

@@ -18,8 +18,8 @@ import jinja2
 import torch
 from PIL import Image
 
-from ..encoders import ENCODERS
 from ..errors import VlmSwapError
+from ..format.kinds import processing
 from ..images import load_image
 from .formats import RowError, Sample
 
@@ -204,9 +204,9 @@ class ImageRows:
         self.encoder = encoder
         processor = encoder.processor
         kind = getattr(processor, "encoder_kind", None)
-        self.backend = ENCODERS.get(kind) if kind is not None and hasattr(processor, "expansion") else None
+        self.processing = processing(kind) if kind is not None and hasattr(processor, "expansion") else None
         args = getattr(processor, "encoder_args", {})
-        self.fixed = self.backend is not None and self.backend.size_independent(processor.image_processor, args)
+        self.fixed = self.processing is not None and self.processing.size_independent(processor.image_processor, args)
         self.memo: dict[Any, list[int]] = {}
 
     def __call__(self, width: int, height: int) -> list[int]:
@@ -219,8 +219,8 @@ class ImageRows:
     def _expansion(self, width: int, height: int) -> str:
         processor = self.encoder.processor
         try:
-            if self.backend is not None:
-                rows = self.backend.rows_for_size(processor.image_processor, height, width, processor.encoder_args)
+            if self.processing is not None:
+                rows = self.processing.rows_for_size(processor.image_processor, height, width, processor.encoder_args)
                 return processor.expansion(rows)
             inputs = processor.image_processor([Image.new("RGB", (width, height))], return_tensors="pt")
             return processor.replace_image_token(inputs, 0)

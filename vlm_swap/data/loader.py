@@ -19,8 +19,8 @@ import os
 import numpy as np
 import torch
 
-from ..compat import empty_shared
 from ..errors import VlmSwapError
+from ..format.compat import empty_shared
 from ..train.features import content_key
 from .encoding import IGNORE, SampleEncoder, TooLong
 from .formats import RowError

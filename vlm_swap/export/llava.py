@@ -30,7 +30,9 @@ from ..checkpoints.resolve import weight_files
 from ..checkpoints.shards import ShardWriter, TensorStream
 from ..checkpoints.tensors import SourceTensor, safetensors_tensors
 from ..errors import VlmSwapError
-from ..modeling import SwapVLMConfig, SwapVLMProcessor
+from ..format.configuration_swap_vlm import SwapVLMConfig
+from ..format.kinds import processing
+from ..format.processing_swap_vlm import SwapVLMProcessor
 
 #: encoder_config.model_type -> has a CLS token (Llava runs these towers without extra inputs)
 LLAVA_TOWERS = {"clip_vision_model": True, "siglip_vision_model": False}
@@ -144,9 +146,7 @@ def _copy_of(t: SourceTensor, name: str) -> TensorStream:
 
 def image_seq_length(processor: SwapVLMProcessor, config: SwapVLMConfig) -> int:
     """Image tokens of one default-size image, as the processor counts them (Llava's towers have no boundaries)."""
-    from ..encoders import ENCODERS
-
-    return ENCODERS.get(config.encoder_kind).rows_per_image(processor.image_processor, config.encoder_args)
+    return processing(config.encoder_kind).rows_per_image(processor.image_processor, config.encoder_args)
 
 
 def llava_processor(processor: SwapVLMProcessor, config: SwapVLMConfig, strategy: str) -> LlavaProcessor:

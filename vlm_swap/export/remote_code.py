@@ -1,156 +1,53 @@
 """``--format remote-code``: the upgraded model with its run-time code beside it (``trust_remote_code``).
 
-The code is generated from the installed vlm_swap sources, never kept as a separate copy:
-starting from the modeling, configuration and processing modules, every module they import at
-module level is vendored as one flat file (``vlm_swap.encoders.base`` -> ``encoders_base.py``) with
-its package-relative imports rewritten to flat sibling imports, which transformers' dynamic module
-loader copies along (``get_relative_imports``). ``vlm_swap.encoders`` is replaced by a generated
-``encoders.py`` that registers only this model's encoder kind, so other backends (and their
-libraries: timm, open_clip) are not needed. An import inside a function of a module outside that
-closure (upgrade-time loading) becomes an ``ImportError`` naming vlm-swap. ``config.json`` and
-``processor_config.json`` get an ``auto_map``; weights, tokenizer and processor files are copied.
+The code is the model format's own files (``vlm_swap/format/*.py``, its package ``__init__`` aside), copied as
+they are: they import nothing of vlm_swap and each other only as flat siblings, which transformers' dynamic-module
+loader copies along. Every encoder kind's run-time file ships; a kind's library (timm, open_clip) is imported
+only when a model of that kind is built. ``config.json`` and ``processor_config.json`` get an ``auto_map``;
+weights, tokenizer and processor files are copied.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import re
 from pathlib import Path
 
-from .. import __version__
-from ..checkpoints.atomic import copy_file, read_json, write_json, write_text
-from ..encoders import ENCODERS
+from ..checkpoints.atomic import copy_file, read_json, write_json
 from ..errors import VlmSwapError
+from ..format.kinds import BUILT_IN_KINDS
 
-PACKAGE = "vlm_swap"
-ROOTS = {
-    f"{PACKAGE}.modeling.configuration": "configuration_swap_vlm",
-    f"{PACKAGE}.modeling.modeling": "modeling_swap_vlm",
-    f"{PACKAGE}.modeling.processing": "processing_swap_vlm",
-}
-GENERATED_ENCODERS = f"{PACKAGE}.encoders"
+FORMAT_DIR = Path(__file__).resolve().parent.parent / "format"
 AUTO_MAP = {
     "AutoConfig": "configuration_swap_vlm.SwapVLMConfig",
     "AutoModel": "modeling_swap_vlm.SwapVLMForConditionalGeneration",
     "AutoModelForImageTextToText": "modeling_swap_vlm.SwapVLMForConditionalGeneration",
 }
 PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_swap_vlm.SwapVLMProcessor"}
-# `from .x import y` / `from ..x.y import (` at any indentation
-RELATIVE_IMPORT = re.compile(r"^(?P<indent>[ \t]*)from[ \t]+(?P<dots>\.+)(?P<rest>[\w.]*)[ \t]+import\b", re.MULTILINE)
 SKIP_FILES = {"README.md"}
 
 
-def flat_name(module: str) -> str:
-    """``vlm_swap.encoders.base`` -> ``encoders_base`` (the roots have transformers-style names)."""
-    return ROOTS.get(module) or module[len(PACKAGE) + 1 :].replace(".", "_")
-
-
-def module_source(module: str) -> tuple[str, bool]:
-    """(source text, is a package) of an installed vlm_swap module."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise VlmSwapError(f"cannot find the source of {module}")
-    return Path(spec.origin).read_text(encoding="utf-8"), spec.submodule_search_locations is not None
-
-
-def resolve(module: str, is_package: bool, dots: str, rest: str) -> str:
-    """The absolute module named by a relative import inside ``module``."""
-    parts = module.split(".") if is_package else module.split(".")[:-1]
-    parts = parts[: len(parts) - (len(dots) - 1)]
-    target = ".".join([*parts, rest] if rest else parts)
-    if not rest or not target.startswith(PACKAGE + "."):
-        raise VlmSwapError(f"{module}: cannot vendor the relative import of {dots}{rest}")
-    return target
-
-
-def imports_of(module: str) -> list[tuple[re.Match, str, bool]]:
-    """(match, absolute target, module level) for each relative import in ``module``."""
-    text, is_package = module_source(module)
-    return [
-        (m, resolve(module, is_package, m["dots"], m["rest"]), not m["indent"]) for m in RELATIVE_IMPORT.finditer(text)
-    ]
-
-
-def closure(roots: list[str]) -> list[str]:
-    """The modules reached from ``roots`` through module-level imports (the generated registry stops it)."""
-    seen, todo = [], list(roots)
-    while todo:
-        module = todo.pop(0)
-        if module in seen:
-            continue
-        seen.append(module)
-        if module != GENERATED_ENCODERS:
-            todo += [target for _, target, top in imports_of(module) if top]
-    return seen
-
-
-def rewrite(module: str, vendored: set[str]) -> str:
-    """The source of ``module`` with its relative imports pointed at the flat sibling files."""
-    text, _ = module_source(module)
-    out, pos = [], 0
-    for m, target, _ in imports_of(module):
-        out.append(text[pos : m.start()])
-        if target in vendored:
-            out.append(f"{m['indent']}from .{flat_name(target)} import")
-            pos = m.end()
-        else:  # an upgrade-time helper inside a function: not part of the exported model
-            line_end = text.find("\n", m.end())
-            names = text[m.end() : line_end].strip()
-            if names.startswith("("):
-                line_end = text.find(")", m.end()) + 1
-            out.append(f'{m["indent"]}raise ImportError("{target} is part of vlm-swap, not of this exported model")')
-            pos = line_end
-    out.append(text[pos:])
-    return _header(module) + "".join(out)
-
-
-def _header(module: str) -> str:
-    return f"# Generated by vlm-swap {__version__} (export --format remote-code) from {module}; do not edit.\n"
-
-
-def encoders_module(kind: str) -> tuple[str, str]:
-    """(module of the backend class, source of the generated ``encoders.py`` registering only ``kind``)."""
-    backend = ENCODERS.get(kind)
-    if not backend.__module__.startswith(PACKAGE + "."):
-        raise VlmSwapError(
-            f"encoder kind {kind!r} comes from a plug-in ({backend.__module__}); remote-code export vendors "
-            "vlm-swap's own encoder kinds only"
-        )
-    text = (
-        _header(GENERATED_ENCODERS)
-        + f'"""The encoder kind this exported model uses ({kind})."""\n\n'
-        + f"from .{flat_name(PACKAGE + '.registry')} import Registry\n"
-        + f"from .{flat_name(backend.__module__)} import {backend.__name__}\n\n"
-        + 'ENCODERS = Registry("encoder kind")\n'
-        + f'ENCODERS.register("{kind}", {backend.__name__})\n'
-    )
-    return backend.__module__, text
-
-
-def write_code(tmp: Path, kind: str) -> list[str]:
-    """Write the model's run-time code into ``tmp``; return the file names."""
-    backend_module, encoders_text = encoders_module(kind)
-    modules = closure([*ROOTS, backend_module, f"{PACKAGE}.registry"])
-    vendored = set(modules)
-    files = []
-    for module in modules:
-        text = encoders_text if module == GENERATED_ENCODERS else rewrite(module, vendored)
-        name = flat_name(module) + ".py"
-        write_text(tmp / name, text)
-        files.append(name)
-    return sorted(files)
+def code_files() -> list[Path]:
+    """The files a remote-code export ships: every module of the format but its package ``__init__``."""
+    return sorted(p for p in FORMAT_DIR.glob("*.py") if p.name != "__init__.py")
 
 
 def export_remote_code(model_dir: Path, tmp: Path) -> dict:
     """Copy ``model_dir`` into ``tmp`` with its code and ``auto_map`` entries; return card facts."""
     config = read_json(model_dir / "config.json")
+    kind = config.get("encoder_kind")
+    if kind not in BUILT_IN_KINDS:
+        raise VlmSwapError(
+            f"encoder kind {kind!r} comes from a plug-in; remote-code export ships vlm-swap's own encoder kinds only "
+            f"({', '.join(BUILT_IN_KINDS)})"
+        )
     for path in sorted(model_dir.iterdir()):
         if path.is_file() and path.name not in SKIP_FILES and path.suffix != ".py":
             copy_file(path, tmp / path.name)
-    files = write_code(tmp, config["encoder_kind"])
+    files = code_files()
+    for path in files:
+        copy_file(path, tmp / path.name)
     write_json(tmp / "config.json", {**config, "auto_map": AUTO_MAP})
     processor_config = tmp / "processor_config.json"
     if not processor_config.is_file():
         raise VlmSwapError(f"{model_dir} has no processor_config.json; it is not a complete upgraded model")
     write_json(processor_config, {**read_json(processor_config), "auto_map": PROCESSOR_AUTO_MAP})
-    return {"architecture": "SwapVLMForConditionalGeneration (remote code)", "code_files": files}
+    return {"architecture": "SwapVLMForConditionalGeneration (remote code)", "code_files": [p.name for p in files]}

@@ -129,15 +129,14 @@ def _swap_vlm_rows(src) -> int | None:
     """Rows a 512 x 512 image gives an upgraded model (boundaries included), from its own processor."""
     if not (src.path / "processor_config.json").is_file():
         return None  # a config-only snapshot
-    from ..encoders import ENCODERS
-    from ..modeling import SwapVLMProcessor
+    from ..format.processing_swap_vlm import SwapVLMProcessor
 
     try:
         processor = SwapVLMProcessor.from_pretrained(str(src.path))
     except (OSError, ValueError):
         return None
-    backend = ENCODERS.get(processor.encoder_kind)
-    return backend.rows_per_image(processor.image_processor, processor.encoder_args, bool(processor.image_start))
+    rows = processor.processing.rows_per_image
+    return rows(processor.image_processor, processor.encoder_args, bool(processor.image_start))
 
 
 def _token_string(path, token_id: int | None, trust_remote_code: bool = False) -> str | None:

@@ -10,7 +10,7 @@ one way, ending in ``checkpoints/``, which writes:
    stream: a byte range of its source shard unless it is cast or grown. Nothing is written yet.
 3. The LLM shards start writing in the background, into an atomic directory, while
 4. ``open_encoder`` opens the encoder with its backend (its module on the meta device, its tensors
-   those of its own checkpoint files, ``encoders.streaming``; an encoder that loading would change
+   those of its own checkpoint files, ``backends.streaming``; an encoder that loading would change
    beyond renaming keys, or pickle weights, is loaded whole) and runs the pair checks. A failed
    check stops the copy and the directory is removed.
 5. The encoder's tensors and a fresh connector (encoder width -> LLM width, seeded) join the
@@ -34,6 +34,8 @@ import torch
 from rich.progress import Progress
 
 from .. import __version__
+from ..backends import ENCODERS, EncoderSpec
+from ..backends.base import LoadedEncoder, LoadOptions
 from ..card import write_model_card
 from ..checkpoints.atomic import atomic_dir
 from ..checkpoints.guards import check_output_dir
@@ -41,11 +43,10 @@ from ..checkpoints.model_files import write_model_extras
 from ..checkpoints.resolve import resolve_source
 from ..checkpoints.shards import DEFAULT_SHARD_BYTES, ShardWriter
 from ..connectors import CONNECTORS
-from ..encoders import ENCODERS, EncoderSpec
-from ..encoders.base import LoadedEncoder
 from ..errors import VlmSwapError
+from ..format.configuration_swap_vlm import SwapVLMConfig
+from ..format.processing_swap_vlm import SwapVLMProcessor
 from ..llms import LLMFamily, detect_family
-from ..modeling import SwapVLMConfig, SwapVLMProcessor
 from ..pairing import Check, EncoderFacts, LLMFacts, check_pair, require_compatible
 from .source import Source, SourceParts, open_source, read_parts
 from .streaming import check_llm_shapes, encoder_shards, llm_skeleton, plan_llm
@@ -123,7 +124,7 @@ def open_inputs(
     parts = read_parts(src, trust_remote_code=trust_remote_code)
     text_config = src.text_config
     family = detect_family(text_config.model_type, parts.tokenizer.get_vocab())
-    boundaries = backend.has_boundaries(enc_path, trust_remote_code=trust_remote_code)
+    boundaries = backend.has_boundaries(enc_path, LoadOptions(trust_remote_code=trust_remote_code))
     return Inputs(
         source_id=source,
         source=src,
@@ -142,13 +143,12 @@ def open_encoder(inputs: Inputs) -> Prepared:
     meta device and its tensors are those of its checkpoint files (``LoadedEncoder.weights``), unless they need
     more than renaming to load (then, or for pickle weights, it is loaded whole)."""
     enc, tokens = inputs.encoder, inputs.target.tokens
-    loaded = ENCODERS.get(enc.spec.kind).load(
-        enc.path, dtype=None, trust_remote_code=inputs.trust_remote_code, allow_pickle=inputs.allow_pickle, stream=True
-    )
+    options = LoadOptions(trust_remote_code=inputs.trust_remote_code, allow_pickle=inputs.allow_pickle, stream=True)
+    loaded = ENCODERS.get(enc.spec.kind).load(enc.path, options)
     if loaded.module.uses_boundaries != bool(tokens.image_start):
         raise VlmSwapError(f"encoder backend {enc.spec.kind!r}: has_boundaries() disagrees with the loaded encoder")
     module = loaded.module
-    rows = module.rows_per_image(loaded.image_processor, module.args, module.uses_boundaries)
+    rows = module.processing.rows_per_image(loaded.image_processor, module.args, module.uses_boundaries)
     facts_enc = EncoderFacts(enc.spec.source, enc.spec.kind, module.feature_dim, rows, loaded.info.get("text_family"))
     text_config = inputs.target.text_config
     facts_llm = LLMFacts(

@@ -135,7 +135,7 @@ def open_source(
 
 def _what_to_do_with(config: PreTrainedConfig) -> str:
     """What a VLM given to ``build`` can be used for: a source of ``upgrade``, a perceiver, or neither."""
-    from ..encoders.perceiver import PERCEIVER_FAMILIES
+    from ..format.perceiver import PERCEIVER_FAMILIES
 
     if any(spec.matches(config) for _, spec in SOURCES.items()):
         return "use `vlm-swap upgrade` for VLMs"

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedConfig
 
+from ..backends.base import LoadedEncoder
 from ..checkpoints.shards import TensorStream
 from ..checkpoints.tensors import FileRange, SourceTensor
-from ..compat import no_weight_init
-from ..encoders.base import LoadedEncoder
 from ..errors import VlmSwapError
+from ..format.compat import no_weight_init
 from .source import Source
 
 ROW_BLOCK_BYTES = 16 * 1024**2  # rows read, cast and written at a time when a tensor changes

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from ..compat import deepspeed_zero_mapped
+from ..format.compat import deepspeed_zero_mapped
 
 
 def world_size() -> int:

@@ -21,15 +21,15 @@ from torch.distributed.fsdp import FSDPModule
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..compat import (
+from ..data import EpochSampler
+from ..errors import VlmSwapError
+from ..format.compat import (
     checkpoints_written_under,
     keep_fsdp_on_cpu,
     rotate_checkpoints,
     tensor_norms,
     trainer_output_dir,
 )
-from ..data import EpochSampler
-from ..errors import VlmSwapError
 from ..registry import did_you_mean
 from .distributed import agree, local
 from .features import FeatureCache

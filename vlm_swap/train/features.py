@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..encoders import ENCODERS
 from .distributed import agree, gathered
 from .plan import MODULE_OF, component_of
 
@@ -85,7 +84,7 @@ class FeatureCache:
             self.used = 0
             self.owner = owner
         self._encoder = encoder_module(model)
-        self._input_names = ENCODERS.get(model.config.encoder_kind).input_names
+        self._input_names = type(self._encoder).input_names  # every input the kind's module may take
         self.hits = self.misses = self.encoder_forwards = 0
 
     def stats(self) -> dict[str, int]:

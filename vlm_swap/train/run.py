@@ -29,12 +29,12 @@ from ..checkpoints.atomic import atomic_dir, write_figure, write_json, write_tex
 from ..checkpoints.guards import RUN_SUMMARY_NAME, check_output_dir
 from ..checkpoints.model_files import read_provenance, save_model, write_model_extras
 from ..checkpoints.resolve import checked_weight_files
-from ..compat import loaded_from
 from ..data import Collator, SampleEncoder, SwapDataset, load_dataset
 from ..data.index import index_progress
 from ..data.loader import default_workers
 from ..data.packing import varlen_attention
 from ..errors import VlmSwapError
+from ..format.compat import loaded_from
 from ..llms import LLMS
 from . import precision
 from .distributed import state_to_save

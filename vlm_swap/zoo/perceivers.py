@@ -1,4 +1,4 @@
-"""Builders of tiny, real small-VLM perceivers: one per family ``vlm_swap.encoders.perceiver`` supports.
+"""Builders of tiny, real small-VLM perceivers: one per family ``vlm_swap.format.perceiver`` supports.
 
 Each is the family's own ``*ForConditionalGeneration`` built from its real config classes (hidden
 32-64, 1-2 layers), with its real processor, a tiny tokenizer holding the family's special tokens

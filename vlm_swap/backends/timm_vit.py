@@ -1,28 +1,27 @@
-"""``timm``: any timm ViT, held by transformers' ``TimmWrapperModel`` (model_type ``timm_wrapper``).
+"""``timm`` at upgrade time: a timm hub checkpoint read into the format's ``TimmViTEncoder``.
 
-The encoder config is a ``TimmWrapperConfig``, saved inside the upgraded model's config.json like any
-HF sub-config. Features are the tokens of block ``feature_layer`` (-2 by default: LLaVA's convention,
-the same as ``hidden_states[-2]``) from timm's ``forward_intermediates``, with the prefix tokens (CLS
-and register tokens, ``num_prefix_tokens``) dropped. The image processor is a ``CLIPImageProcessor``
-set up like timm's eval transform (resize to size / crop_pct, center crop, mean/std), because
-``TimmWrapperImageProcessor`` keeps its settings in the timm config.json and cannot be saved inside
-a composite processor; its crop can sit one pixel off timm's when the margin is odd (torchvision
-rounds it, transformers floors it). timm is imported only when a timm encoder is used.
+The encoder config is a ``TimmWrapperConfig``, saved inside the upgraded model's config.json like any HF
+sub-config. The image processor is a ``CLIPImageProcessor`` set up like timm's eval transform (resize to
+size / crop_pct, center crop, mean/std), because ``TimmWrapperImageProcessor`` keeps its settings in the timm
+config.json and cannot be saved inside a composite processor; its crop can sit one pixel off timm's when the
+margin is odd (torchvision rounds it, transformers floors it). timm is imported only when a timm encoder is used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import CLIPImageProcessor, PreTrainedConfig
+from transformers import CLIPImageProcessor
 
 from ..checkpoints.atomic import read_json
 from ..errors import VlmSwapError
-from .base import EncoderBackend, LoadedEncoder, fixed_resolution, strided_rows
+from ..format.timm_vit import TimmViTEncoder
+from .base import EncoderBackend, LoadedEncoder, LoadOptions
 from .eval_transform import clip_processor
+from .streaming import prefixed, pretrained
 
 
 def timm_config(raw: dict[str, Any], source: str):
@@ -54,66 +53,19 @@ def image_processor(data: dict[str, Any]) -> CLIPImageProcessor:
     return clip_processor("timm", size, (h, w), True, data["interpolation"], data["mean"], data["std"])
 
 
-class TimmViTEncoder(EncoderBackend):
-    kind = "timm"
+class TimmBackend(EncoderBackend):
+    runtime = TimmViTEncoder
     help = "any timm ViT via transformers' TimmWrapperModel (feature layer, CLS/register tokens dropped)"
 
-    def __init__(self, config: PreTrainedConfig, args: dict[str, Any], model=None):
-        super().__init__(config, args)
-        if model is None:
-            from transformers import TimmWrapperModel
-
-            model = TimmWrapperModel(config)
-        self.model = model
-
-    @property
-    def feature_dim(self) -> int:
-        return self.model.timm_model.embed_dim
-
-    def forward(self, pixel_values, **_):
-        vit = self.model.timm_model
-        feats = vit.forward_intermediates(  # [B, N, D]: patch tokens only, prefix tokens split off by timm
-            pixel_values.to(self.model.dtype),
-            indices=[self.args["feature_layer"]],
-            output_fmt="NLC",
-            intermediates_only=True,
-            stop_early=True,
-        )[0]
-        return feats.reshape(-1, feats.shape[-1])  # [B * N, D]
-
-    image_rows = staticmethod(strided_rows)
-
     @classmethod
-    def size_independent(cls, image_processor, args: dict[str, Any]) -> bool:
-        return fixed_resolution(image_processor)  # the eval transform crops or squashes to the tower's size
-
-    @classmethod
-    def load(
-        cls,
-        source: str,
-        *,
-        dtype: torch.dtype | None,
-        trust_remote_code: bool,
-        allow_pickle: bool = False,
-        stream: bool = False,
-    ) -> LoadedEncoder:
+    def load(cls, source: str, options: LoadOptions = LoadOptions()) -> LoadedEncoder:
         import timm.data
         from transformers import TimmWrapperModel
 
-        from .streaming import prefixed, pretrained
-
         raw = read_json(Path(source) / "config.json")
         config = timm_config(raw, source)
-        model, weights = pretrained(
-            TimmWrapperModel,
-            source,
-            config,
-            stream=stream,
-            dtype=dtype,
-            trust_remote_code=False,
-            allow_pickle=allow_pickle,
-            config=config,
-        )
+        no_remote_code = dataclasses.replace(options, trust_remote_code=False)  # timm checkpoints hold no code
+        model, weights = pretrained(TimmWrapperModel, source, config, no_remote_code, config=config)
         vit = model.timm_model
         if not all(hasattr(vit, a) for a in ("patch_embed", "num_prefix_tokens", "forward_intermediates")):
             raise VlmSwapError(f"timm architecture {config.architecture!r} is not a ViT (no patch tokens)")
@@ -121,7 +73,7 @@ class TimmViTEncoder(EncoderBackend):
         args = {"feature_layer": -2, "stride": [h // gh, w // gw]}
         # the model's own input size wins over the checkpoint's recommendation (fixed-size ViTs assert it)
         data = timm.data.resolve_data_config({"input_size": (3, h, w)}, pretrained_cfg=raw.get("pretrained_cfg"))
-        module = cls(model.config, args, model=model)
+        module = TimmViTEncoder(model.config, args, model=model)
         info = {
             "model_type": "timm_wrapper",
             "architecture": config.architecture,

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
-from ...compat import llava_onevision_features
-from .family import DEFAULT_MAX_PIXELS, PerceiverFamily
+from .compat import llava_onevision_features
+from .perceiver_family import DEFAULT_MAX_PIXELS, PerceiverFamily
 
 
 class LlavaOnevision(PerceiverFamily):

@@ -14,10 +14,9 @@ from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..connectors import CONNECTORS
-from ..encoders import ENCODERS
-from ..errors import VlmSwapError
-from .configuration import SwapVLMConfig
+from .configuration_swap_vlm import SwapVLMConfig
+from .errors import VlmSwapError
+from .kinds import connector_kind, encoder_module
 
 
 class SwapVLMPreTrainedModel(PreTrainedModel):
@@ -36,9 +35,8 @@ class SwapVLMPreTrainedModel(PreTrainedModel):
 class SwapVLMForConditionalGeneration(SwapVLMPreTrainedModel, GenerationMixin):
     def __init__(self, config: SwapVLMConfig):
         super().__init__(config)
-        backend = ENCODERS.get(config.encoder_kind)
-        self.encoder = backend(config.encoder_config, config.encoder_args)
-        self.connector = CONNECTORS.get(config.connector).build(config.encoder_dim, config.text_config.hidden_size)
+        self.encoder = encoder_module(config.encoder_kind)(config.encoder_config, config.encoder_args)
+        self.connector = connector_kind(config.connector).build(config.encoder_dim, config.text_config.hidden_size)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self._no_split_modules = sorted(
             set(getattr(self.language_model, "_no_split_modules", None) or [])

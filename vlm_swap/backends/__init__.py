@@ -1,9 +1,14 @@
-"""Encoder backends by kind, and the ``KIND:SOURCE`` spec the CLI takes.
+"""Encoder kinds: the registry of their upgrade-time backends, and the ``KIND:SOURCE`` spec the CLI takes.
 
-A kind's backend module (with torch, transformers and the kind's own library) is imported on its first
-lookup; until then its entry shows listings an ``EncoderKind`` with the backend class's own facts, so
-``vlm-swap list encoders`` imports none of them (``tests/test_registry.py`` checks the facts against
-the classes).
+Each kind has two halves: its run-time module and preprocessing, part of the model format
+(``vlm_swap/format``: ``hf_vit.py``, ``perceiver.py``, ...), and its backend here (``hf_vit.py``,
+``perceiver.py``, ...), which reads a checkpoint of the kind into that module at upgrade time. A new kind is
+a run-time file in ``format/``, a backend file here, and its entry in ``BUILT_IN_KINDS`` and
+``format/kinds.py``; a plug-in registers its backend (whose ``runtime`` it brings) instead.
+
+A backend module (with torch, transformers and the kind's own library) is imported on its first lookup; until
+then its entry shows listings an ``EncoderKind`` with the backend class's own facts, so ``vlm-swap list
+encoders`` imports none of them (``tests/test_registry.py`` checks the facts against the classes).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ class EncoderKind:
 #: the built-in kinds: backend class (imported on first lookup) and what listings show until then
 BUILT_IN_KINDS = {
     "perceiver": Lazy(
-        "vlm_swap.encoders.perceiver:PerceiverEncoder",
+        "vlm_swap.backends.perceiver:PerceiverBackend",
         EncoderKind(
             "a small VLM (Qwen-VL, SmolVLM, LLaVA-OneVision, Gemma 3) whose last-layer image states are the features",
             ("pixel_values", "image_grid_thw", "pixel_attention_mask", "tile_grid", "image_sizes"),
@@ -38,18 +43,18 @@ BUILT_IN_KINDS = {
         ),
     ),
     "hf-vit": Lazy(
-        "vlm_swap.encoders.hf_vit:HFViTEncoder",
+        "vlm_swap.backends.hf_vit:HFViTBackend",
         EncoderKind(
             "CLIP / SigLIP / SigLIP2 vision tower from transformers (feature layer, CLS handled)",
             ("pixel_values", "pixel_attention_mask", "spatial_shapes"),
         ),
     ),
     "timm": Lazy(
-        "vlm_swap.encoders.timm_vit:TimmViTEncoder",
+        "vlm_swap.backends.timm_vit:TimmBackend",
         EncoderKind("any timm ViT via transformers' TimmWrapperModel (feature layer, CLS/register tokens dropped)"),
     ),
     "open-clip": Lazy(
-        "vlm_swap.encoders.open_clip_vit:OpenCLIPEncoder",
+        "vlm_swap.backends.open_clip_vit:OpenCLIPBackend",
         EncoderKind("OpenCLIP visual tower from an open_clip hub dir (feature layer, CLS dropped)"),
     ),
 }

@@ -1,15 +1,12 @@
-"""``open-clip``: the visual tower of an OpenCLIP model, rebuilt offline from its open_clip model config.
+"""``open-clip`` at upgrade time: an OpenCLIP checkpoint's visual tower read into the format's
+``OpenCLIPEncoder`` (which rebuilds it offline from its open_clip model config).
 
-OpenCLIP has no HF config class, so ``encoder_config`` is None and ``encoder_args["model_cfg"]`` holds
-the tower's part of the open_clip model config (embed_dim, quick_gelu, vision_cfg): enough to rebuild
-its architecture without network. A source is a directory in the open_clip hub layout:
-``open_clip_config.json`` (``model_cfg``, ``preprocess_cfg``) and ``open_clip_model.safetensors``
-(pickle weights only with ``allow_pickle``, read ``weights_only``); only the ``visual.*`` weights are read
-(at upgrade, not even those: ``stream_visual`` maps them to byte ranges of the file).
-Features are the tokens of block ``feature_layer`` (-2 by default, LLaVA's convention) from open_clip's
-``forward_intermediates``, without the CLS token. The image processor is a ``CLIPImageProcessor`` set
-up from the preprocess config (size, mean, std, interpolation, resize mode). Native ViT towers and
-timm ViT trunks are supported; open_clip is imported only when an open-clip encoder is used.
+A source is a directory in the open_clip hub layout: ``open_clip_config.json`` (``model_cfg``,
+``preprocess_cfg``) and ``open_clip_model.safetensors`` (pickle weights only with ``allow_pickle``, read
+``weights_only``); only the ``visual.*`` weights are read (at upgrade, not even those: ``stream_visual`` maps
+them to byte ranges of the file). The image processor is a ``CLIPImageProcessor`` set up from the preprocess
+config (size, mean, std, interpolation, resize mode). Native ViT towers and timm ViT trunks are supported;
+open_clip is imported only when an open-clip encoder is used.
 """
 
 from __future__ import annotations
@@ -24,18 +21,13 @@ from transformers import CLIPImageProcessor
 from ..checkpoints.atomic import read_json
 from ..checkpoints.resolve import ALLOW_PICKLE_HINT, PICKLE_SUFFIXES
 from ..checkpoints.safe import open_weights
-from ..compat import open_clip_vision_tower
 from ..errors import VlmSwapError
-from .base import EncoderBackend, LoadedEncoder, fixed_resolution, strided_rows
+from ..format.open_clip_vit import OpenCLIPEncoder, build_visual
+from .base import EncoderBackend, LoadedEncoder, LoadOptions
 from .eval_transform import clip_processor
+from .streaming import matched, meta_module, prefixed
 
 CONFIG_NAME, WEIGHTS_NAME = "open_clip_config.json", "open_clip_model.safetensors"
-
-
-def build_visual(model_cfg: dict[str, Any]) -> torch.nn.Module:
-    """The visual tower of an open_clip model config, randomly initialised; never downloads (timm trunks too)."""
-    vision_cfg = {**model_cfg["vision_cfg"], "timm_model_pretrained": False}
-    return open_clip_vision_tower(model_cfg["embed_dim"], vision_cfg, quick_gelu=model_cfg.get("quick_gelu", False))
 
 
 def tower_geometry(visual: torch.nn.Module) -> tuple[list[int], list[int]]:
@@ -107,7 +99,6 @@ def stream_visual(model_cfg: dict[str, Any], weights: Path, source: str):
     """(the visual tower on the meta device, its state dict as tensors of the safetensors file ``weights``), the
     keys checked as ``load_visual`` checks them; None when loading would cast a tensor to another kind of dtype."""
     from ..checkpoints.tensors import safetensors_tensors
-    from .streaming import matched, meta_module
 
     with _building(source):
         visual = meta_module(lambda: build_visual(model_cfg))
@@ -119,50 +110,13 @@ def stream_visual(model_cfg: dict[str, Any], weights: Path, source: str):
     return None if found is None else (visual, found)
 
 
-class OpenCLIPEncoder(EncoderBackend):
-    kind = "open-clip"
+class OpenCLIPBackend(EncoderBackend):
+    runtime = OpenCLIPEncoder
     help = "OpenCLIP visual tower from an open_clip hub dir (feature layer, CLS dropped)"
     marker_file = CONFIG_NAME
 
-    def __init__(self, config: None, args: dict[str, Any], model=None):
-        super().__init__(config, args)
-        self.model = model if model is not None else build_visual(args["model_cfg"])
-
-    @property
-    def feature_dim(self) -> int:
-        trunk = getattr(self.model, "trunk", None)  # timm trunk, else a native open_clip ViT
-        return trunk.embed_dim if trunk is not None else self.model.transformer.width
-
-    def forward(self, pixel_values, **_):
-        dtype = next(self.model.parameters()).dtype
-        out = self.model.forward_intermediates(
-            pixel_values.to(dtype),
-            indices=[self.args["feature_layer"]],
-            output_fmt="NLC",
-            intermediates_only=True,
-            stop_early=True,
-        )
-        feats = out["image_intermediates"][0]  # [B, N, D]: patch tokens, CLS split off by open_clip
-        return feats.reshape(-1, feats.shape[-1])  # [B * N, D]
-
-    image_rows = staticmethod(strided_rows)
-
     @classmethod
-    def size_independent(cls, image_processor, args: dict[str, Any]) -> bool:
-        return fixed_resolution(image_processor)  # the eval transform crops or squashes to the tower's size
-
-    @classmethod
-    def load(
-        cls,
-        source: str,
-        *,
-        dtype: torch.dtype | None,
-        trust_remote_code: bool,
-        allow_pickle: bool = False,
-        stream: bool = False,
-    ) -> LoadedEncoder:
-        from .streaming import prefixed
-
+    def load(cls, source: str, options: LoadOptions = LoadOptions()) -> LoadedEncoder:
         path = Path(source)
         if not (path / CONFIG_NAME).is_file():
             raise VlmSwapError(f"no {CONFIG_NAME} in {source}: not an open_clip checkpoint")
@@ -170,21 +124,28 @@ class OpenCLIPEncoder(EncoderBackend):
         model_cfg = cfg.get("model_cfg", cfg)
         if not isinstance(model_cfg.get("vision_cfg"), dict) or "embed_dim" not in model_cfg:
             raise VlmSwapError(f"{path / CONFIG_NAME} has no model_cfg with embed_dim and vision_cfg")
-        weights = path / WEIGHTS_NAME
-        if not weights.is_file():
-            found = sorted(p for p in path.iterdir() if p.suffix in (*PICKLE_SUFFIXES, ".safetensors"))
-            pickles = [p for p in found if p.suffix in PICKLE_SUFFIXES]
-            if not (pickles and allow_pickle):
-                hint = f"; {ALLOW_PICKLE_HINT}" if pickles else ""
-                names = [p.name for p in found] or "no weights"
-                raise VlmSwapError(f"no {WEIGHTS_NAME} in {source} (found: {names}); only safetensors load{hint}")
-            weights = pickles[0]
-        streamed = stream_visual(model_cfg, weights, source) if stream and weights.suffix == ".safetensors" else None
-        visual, state = streamed or (load_visual(model_cfg, weights, source, dtype, allow_pickle), None)
+        weights = weights_file(path, options.allow_pickle)
+        stream = options.stream and weights.suffix == ".safetensors"
+        streamed = stream_visual(model_cfg, weights, source) if stream else None
+        visual, state = streamed or (load_visual(model_cfg, weights, source, options.dtype, options.allow_pickle), None)
         size, stride = tower_geometry(visual)
         tower_cfg = {k: model_cfg[k] for k in ("embed_dim", "quick_gelu", "vision_cfg") if k in model_cfg}
         args = {"model_cfg": tower_cfg, "feature_layer": -2, "stride": stride}
-        module = cls(None, args, model=visual)
+        module = OpenCLIPEncoder(None, args, model=visual)
         processor = image_processor(cfg.get("preprocess_cfg") or {}, size)
         info = {"model_type": "open_clip", "vision": model_cfg["vision_cfg"].get("timm_model_name") or "vit"}
         return LoadedEncoder(module, None, processor, info, prefixed("model.", state))
+
+
+def weights_file(path: Path, allow_pickle: bool) -> Path:
+    """``open_clip_model.safetensors``, else (with ``allow_pickle``) the directory's pickle weights."""
+    weights = path / WEIGHTS_NAME
+    if weights.is_file():
+        return weights
+    found = sorted(p for p in path.iterdir() if p.suffix in (*PICKLE_SUFFIXES, ".safetensors"))
+    pickles = [p for p in found if p.suffix in PICKLE_SUFFIXES]
+    if not (pickles and allow_pickle):
+        hint = f"; {ALLOW_PICKLE_HINT}" if pickles else ""
+        names = [p.name for p in found] or "no weights"
+        raise VlmSwapError(f"no {WEIGHTS_NAME} in {path} (found: {names}); only safetensors load{hint}")
+    return pickles[0]

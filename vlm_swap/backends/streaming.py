@@ -1,7 +1,7 @@
 """An encoder's weights as tensors of its checkpoint files: what ``upgrade`` copies without loading the encoder.
 
 An upgrade needs the encoder module's config, widths and arguments, and the bytes its state dict would hold once
-loaded; never the weights in memory (16 GB for an 8B perceiver). So a backend asked to ``load(..., stream=True)``
+loaded; never the weights in memory (16 GB for an 8B perceiver). So a backend loading with ``LoadOptions(stream=True)``
 builds its module on the meta device (no memory, no initialisation) and maps each state-dict key to the checkpoint
 tensor that loading would have put there (``SourceTensor``: a byte range of a safetensors file, read only when
 cast), following the loader it stands in for: transformers' key renaming for HF models (``hf_checkpoint_keys``),
@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,8 +23,11 @@ from ..checkpoints.atomic import read_json
 from ..checkpoints.resolve import INDEX_NAME, WEIGHTS_NAME, weight_files
 from ..checkpoints.safe import load_pretrained
 from ..checkpoints.tensors import SourceTensor, safetensors_tensors
-from ..compat import hf_auto_dtype, hf_checkpoint_keys, no_weight_init
 from ..errors import VlmSwapError
+from ..format.compat import hf_auto_dtype, hf_checkpoint_keys, no_weight_init
+
+if TYPE_CHECKING:
+    from .base import LoadOptions
 
 
 def meta_module(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
@@ -68,25 +72,26 @@ def pretrained(
     model_cls,
     source: str,
     model_config,
-    *,
-    stream: bool,
-    dtype: torch.dtype | None,
-    trust_remote_code: bool,
-    allow_pickle: bool,
+    options: LoadOptions,
     build: Callable[[object], torch.nn.Module] | None = None,
     **kwargs,
 ) -> tuple[torch.nn.Module, dict[str, SourceTensor] | None]:
-    """(the HF model at ``source``, its state dict as checkpoint tensors or None): with ``stream``, built from
-    ``model_config`` on the meta device where ``stream_pretrained`` can map its weights; else, or when it cannot,
-    loaded whole (``load_pretrained(model_cls, source, dtype=dtype, ..., **kwargs)``). ``build(config)`` makes the
-    model (default ``model_cls(config)``), as ``model_cls.from_pretrained`` would."""
+    """(the HF model at ``source``, its state dict as checkpoint tensors or None): with ``options.stream``, built
+    from ``model_config`` on the meta device where ``stream_pretrained`` can map its weights; else, or when it
+    cannot, loaded whole (``load_pretrained(model_cls, source, dtype=options.dtype, ..., **kwargs)``).
+    ``build(config)`` makes the model (default ``model_cls(config)``), as ``model_cls.from_pretrained`` would."""
     streamed = None
-    if stream:
-        streamed = stream_pretrained(build or model_cls, model_config, source, allow_pickle=allow_pickle)
+    if options.stream:
+        streamed = stream_pretrained(build or model_cls, model_config, source, allow_pickle=options.allow_pickle)
     if streamed is not None:
         return streamed
     model = load_pretrained(
-        model_cls, source, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, **kwargs
+        model_cls,
+        source,
+        dtype=options.dtype,
+        trust_remote_code=options.trust_remote_code,
+        allow_pickle=options.allow_pickle,
+        **kwargs,
     )
     return model, None
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .family import PerceiverFamily
+from .perceiver_family import PerceiverFamily
 
 
 class Gemma3(PerceiverFamily):
@@ -22,7 +22,10 @@ class Gemma3(PerceiverFamily):
     text_family = "gemma3"
     input_names = ("pixel_values",)
     token_types_name = "token_type_ids"
-    size_independent = True
+
+    @classmethod
+    def size_independent(cls, image_processor, args) -> bool:
+        return True  # one fixed-resolution view, pooled to the same soft tokens
 
     @classmethod
     def span_start_id(cls, config, processor) -> int:

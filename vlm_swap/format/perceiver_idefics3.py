@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from ...errors import VlmSwapError
-from .family import DEFAULT_MAX_PIXELS, PerceiverFamily, check_token
+from .errors import VlmSwapError
+from .perceiver_family import DEFAULT_MAX_PIXELS, PerceiverFamily, check_token
 
 MAX_GRID = 6  # the processors know <row_r_col_c> tags up to 6 x 6
 

@@ -15,8 +15,11 @@ Methods vlm-swap overrides (transformers' ``GenerationMixin._validate_model_kwar
 _process_images``, the Trainer's ``_save_checkpoint`` and ``_get_train_sampler``) and the ``_no_split_modules``
 attribute it reads cannot go through a wrapper: the tests pin their existence, signature and use instead.
 
-The module imports nothing of vlm_swap and no dependency at module level: it is cheap to import, and the
-remote-code export can ship it beside the run-time code that uses it (LLaVA-OneVision's row count).
+The module is part of the model format (``vlm_swap/format``), which a remote-code export ships as it is: the
+run-time code uses two of its wrappers (LLaVA-OneVision's row count, open_clip's tower builder). So it imports no
+dependency at module level (it is cheap to import), and the optional libraries (accelerate, open_clip) are
+imported inside ``try`` blocks, which transformers' check of a remote model's imports skips: an exported model
+loads without them unless it uses them.
 """
 
 from __future__ import annotations
@@ -151,7 +154,10 @@ def keep_fsdp_on_cpu(accelerator) -> bool:
     type is switched back to FSDP, with the plugin read from the launcher's ``FSDP_*`` variables. Every
     ``Accelerator`` re-reads the process state when it is built, so this runs after each one.
     """
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    try:
+        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    except ImportError:  # no accelerate, no launcher
+        return False
 
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
         return False
@@ -206,8 +212,10 @@ def torch_load_tensors(path: Path):
 def open_clip_vision_tower(embed_dim: int, vision_cfg: dict, quick_gelu: bool = False):
     """The visual tower open_clip's own CLIP classes build from a model config's ``vision_cfg`` (randomly
     initialised)."""
-    from open_clip.model import _build_vision_tower
-
+    try:
+        from open_clip.model import _build_vision_tower
+    except ImportError as exc:
+        raise ImportError(f"an open-clip encoder needs open_clip: pip install open_clip_torch ({exc})") from exc
     return _build_vision_tower(embed_dim, vision_cfg, quick_gelu=quick_gelu)
 
 

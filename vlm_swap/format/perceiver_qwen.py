@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .family import DEFAULT_MAX_PIXELS, PerceiverFamily
+from .perceiver_family import DEFAULT_MAX_PIXELS, PerceiverFamily
 
 
 class QwenVL(PerceiverFamily):

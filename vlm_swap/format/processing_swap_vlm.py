@@ -15,7 +15,7 @@ from typing import Any
 from transformers import ProcessorMixin
 from transformers.image_utils import make_flat_list_of_images
 
-from ..encoders import ENCODERS
+from .kinds import encoder_module
 
 
 def flatten_messages(conversation: list, image_token: str) -> list:
@@ -62,8 +62,13 @@ class SwapVLMProcessor(ProcessorMixin):
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token) if tokenizer is not None else None
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
+    @property
+    def processing(self):
+        """The encoder kind's preprocessing and row counts (``format.encoder.ImageProcessing``)."""
+        return encoder_module(self.encoder_kind).processing
+
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
-        n = ENCODERS.get(self.encoder_kind).image_rows(_as_tensors(image_inputs), image_idx, self.encoder_args)
+        n = self.processing.image_rows(_as_tensors(image_inputs), image_idx, self.encoder_args)
         return self.expansion(n)
 
     def expansion(self, rows: int) -> str:
@@ -72,8 +77,8 @@ class SwapVLMProcessor(ProcessorMixin):
 
     def process_images(self, images, **kwargs) -> dict[str, Any]:
         """The encoder kind's preprocessing of ``images`` (a flat list) with its image processor."""
-        backend = ENCODERS.get(self.encoder_kind)
-        return backend.preprocess(self.image_processor, make_flat_list_of_images(images), self.encoder_args, **kwargs)
+        images = make_flat_list_of_images(images)
+        return self.processing.preprocess(self.image_processor, images, self.encoder_args, **kwargs)
 
     def _process_images(self, images, **kwargs):
         # ProcessorMixin.__call__'s private hook (pinned by tests/test_compat.py): (inputs, one expansion per image)
@@ -99,7 +104,7 @@ class SwapVLMProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        names = list(self.tokenizer.model_input_names) + list(ENCODERS.get(self.encoder_kind).input_names)
+        names = list(self.tokenizer.model_input_names) + list(encoder_module(self.encoder_kind).input_names)
         return list(dict.fromkeys(names))
 
 

@@ -4,7 +4,9 @@ A family turns the processor outputs of its own image processor into a flat, per
 (``preprocess``: tensors whose dim 0 concatenates across images, so batches collate), says which
 token ids make up the image *span* of image ``i`` (``span_ids``: the rows the perceiver returns),
 and which extra inputs its base model's forward needs besides ``input_ids`` and the attention
-mask (``model_inputs``), so that the model's own embedding merge runs on them.
+mask (``model_inputs``), so that the model's own embedding merge runs on them. What the upgrade reads once
+from the perceiver's config and processor (``span_start_id``, ``cap``, ``args``) is part of the same class:
+a family is one description of one prompt layout.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ from typing import Any, ClassVar
 import torch
 from transformers import PreTrainedConfig
 
-from ...errors import VlmSwapError
+from .encoder import ImageProcessing
+from .errors import VlmSwapError
 
 #: DPA trained with at most 262,144 pixels per image; the perceiver's processor is capped to it where the family allows.
 DEFAULT_MAX_PIXELS = 262_144
 
 
-class PerceiverFamily:
-    """One family: subclasses set the class attributes and implement the methods."""
+class PerceiverFamily(ImageProcessing):
+    """One family: subclasses set the class attributes and implement the methods. Its preprocessing and row counts
+    are those of ``ImageProcessing`` (``rows_for_size`` processes a blank image unless the family's processor has
+    a counting rule; ``size_independent`` is False unless every image gives the same rows)."""
 
     model_types: ClassVar[tuple[str, ...]]
     name: ClassVar[str]
@@ -32,8 +37,6 @@ class PerceiverFamily:
     input_names: ClassVar[tuple[str, ...]] = ("pixel_values",)
     #: name of the base model's token-type input that flags image positions (None: not taken)
     token_types_name: ClassVar[str | None] = None
-    #: True when every image gives the same rows whatever its size
-    size_independent: ClassVar[bool] = False
 
     @classmethod
     def span_start_id(cls, config: PreTrainedConfig, processor) -> int:
@@ -62,16 +65,6 @@ class PerceiverFamily:
     def image_rows(cls, inputs: dict[str, Any], index: int, args: dict[str, Any]) -> int:
         """Rows of image ``index`` without the two boundary rows."""
         return len(cls.span_ids(inputs, index, args)) - (2 if cls.boundaries else 0)
-
-    @classmethod
-    def rows_for_size(cls, image_processor, height: int, width: int, args: dict[str, Any]) -> int:
-        """``image_rows`` of an image of this size without its pixels; by default a blank image of that size is
-        processed, families with a counting rule in their processor use it."""
-        from ..base import blank_image
-
-        return cls.image_rows(
-            cls.preprocess(image_processor, [blank_image(width, height)], args, return_tensors="pt"), 0, args
-        )
 
     @classmethod
     def model_inputs(cls, inputs: dict[str, torch.Tensor], args: dict[str, Any]) -> dict[str, torch.Tensor]:
