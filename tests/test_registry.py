@@ -99,3 +99,47 @@ def test_plugin_registers_through_entry_point(tmp_path, monkeypatch):
     finally:
         CONNECTORS._entries.pop("plugin-linear", None)
         sys.modules.pop("vlm_swap_test_plugin", None)
+
+
+def test_a_plugin_encoder_kind_and_connector_build_load_and_run_but_do_not_export(tmp_path, llava, vit, images):
+    """A plug-in kind is a backend whose ``runtime`` the plug-in brings; the saved model finds both it and a plug-in
+    connector through the installed registries, and the remote-code export (vlm-swap's own kinds only) refuses it."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import vlm_swap
+    from vlm_swap.backends.base import LoadOptions
+    from vlm_swap.backends.hf_vit import HFViTBackend
+    from vlm_swap.connectors import ConnectorKind
+    from vlm_swap.export import export
+    from vlm_swap.format.hf_vit import HFViTEncoder
+
+    class PluginViT(HFViTEncoder):
+        kind = "plugin-vit"
+
+    class PluginBackend(HFViTBackend):
+        runtime = PluginViT
+
+        @classmethod
+        def load(cls, source, options=LoadOptions()):
+            loaded = super().load(source, options)
+            loaded.module = PluginViT(loaded.config, loaded.module.args, model=loaded.module.model)
+            return loaded
+
+    ENCODERS.register("plugin-vit", PluginBackend)
+    CONNECTORS.register("plugin-linear", ConnectorKind("plugin-linear", "from a plug-in", "none"))
+    try:
+        out = vlm_swap.upgrade(
+            str(llava("llama2", "clip")), f"plugin-vit:{vit('clip')}", tmp_path / "up", connector="plugin-linear"
+        )
+        model = AutoModelForImageTextToText.from_pretrained(out).eval()
+        processor = AutoProcessor.from_pretrained(out)
+        assert type(model.encoder) is PluginViT and model.config.connector == "plugin-linear"
+        inputs = processor(images=[images[0]], text=f"{processor.image_token} what?", return_tensors="pt")
+        with torch.no_grad():
+            assert torch.isfinite(model(**inputs).logits).all()
+        with pytest.raises(VlmSwapError, match="plug-in"):
+            export(out, "remote-code", tmp_path / "rc")
+        assert not (tmp_path / "rc").exists()
+    finally:
+        ENCODERS._entries.pop("plugin-vit", None)
+        CONNECTORS._entries.pop("plugin-linear", None)
