@@ -16,6 +16,7 @@ from transformers import ProcessorMixin
 from transformers.image_utils import make_flat_list_of_images
 
 from .kinds import encoder_module
+from .kinds import processing as kind_processing
 
 
 def flatten_messages(conversation: list, image_token: str) -> list:
@@ -65,7 +66,7 @@ class SwapVLMProcessor(ProcessorMixin):
     @property
     def processing(self):
         """The encoder kind's preprocessing and row counts (``format.encoder.ImageProcessing``)."""
-        return encoder_module(self.encoder_kind).processing
+        return kind_processing(self.encoder_kind)
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         n = self.processing.image_rows(_as_tensors(image_inputs), image_idx, self.encoder_args)
