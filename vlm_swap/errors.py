@@ -11,7 +11,12 @@ import sys
 
 from .format.errors import VlmSwapError
 
-__all__ = ["VlmSwapError", "quiet_interrupt_while_starting", "started_as_the_command"]
+__all__ = ["VlmSwapError", "first_line", "quiet_interrupt_while_starting", "started_as_the_command"]
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a library's error message (its type's name when it has none), for a one-line error."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def started_as_the_command() -> bool:

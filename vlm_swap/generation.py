@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import torch
 from transformers import TextIteratorStreamer
 
-from .errors import VlmSwapError
+from .errors import VlmSwapError, first_line
 from .images import load_image
 
 
@@ -55,7 +55,7 @@ def generate_answer(
     try:
         inputs = processor(images=pictures, text=text, add_special_tokens=False, return_tensors="pt")
     except ValueError as exc:  # e.g. Qwen-VL's smart_resize refuses an aspect ratio over 200
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         sizes = ", ".join(f"{p.width}x{p.height}" for p in pictures)
         raise VlmSwapError(f"the image processor refuses the image ({sizes}): {first}") from exc
     inputs = inputs.to(model.device)

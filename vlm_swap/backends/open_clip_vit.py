@@ -21,7 +21,7 @@ from transformers import CLIPImageProcessor
 from ..checkpoints.atomic import read_json
 from ..checkpoints.resolve import ALLOW_PICKLE_HINT, PICKLE_SUFFIXES
 from ..checkpoints.safe import open_weights
-from ..errors import VlmSwapError
+from ..errors import VlmSwapError, first_line
 from ..format.open_clip_vit import OpenCLIPEncoder, build_visual
 from .base import EncoderBackend, LoadedEncoder, LoadOptions
 from .eval_transform import clip_processor
@@ -70,7 +70,7 @@ def _building(source: str):
     try:
         yield
     except (TypeError, ValueError, KeyError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise VlmSwapError(f"cannot build the open_clip visual tower of {source}: {first}") from exc
 
 

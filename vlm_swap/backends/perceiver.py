@@ -15,7 +15,7 @@ from PIL import Image
 from transformers import AutoModel, AutoProcessor, PreTrainedConfig
 
 from ..checkpoints.safe import load_config as read_config
-from ..errors import VlmSwapError
+from ..errors import VlmSwapError, first_line
 from ..format.perceiver import PerceiverEncoder, check_family, supported_families
 from .base import EncoderBackend, LoadedEncoder, LoadOptions
 from .streaming import prefixed, pretrained
@@ -49,7 +49,7 @@ class PerceiverBackend(EncoderBackend):
         try:
             processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust)
         except (ImportError, OSError, ValueError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             raise VlmSwapError(f"could not load the {family.name} processor of {source}: {first}") from exc
         family.cap(model.config, processor.image_processor)
         args = perceiver_args(model.config, processor)

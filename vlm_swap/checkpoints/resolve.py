@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import VlmSwapError
+from ..errors import VlmSwapError, first_line
 from .atomic import read_json
 from .tensors import read_safetensors_header
 
@@ -67,7 +67,7 @@ def resolve_source(
     try:
         return snapshot_download(source, revision=revision, allow_patterns=patterns)
     except Exception as exc:  # offline, gated, unknown repo: say which and why, in one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        first = first_line(exc).rstrip(".")
         if "/" not in source:  # most often a misspelt catalog id
             close = CATALOG.close_ids(source)
             hint = f"did you mean {', '.join(close)}?" if close else "vlm-swap list catalog lists them"

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, PreTrainedConfig
 
-from ..errors import VlmSwapError
+from ..errors import VlmSwapError, first_line
 from ..format.compat import torch_load_tensors
 from .atomic import read_json
 from .resolve import ALLOW_PICKLE_HINT, PICKLE_SUFFIXES, checked_weight_files
@@ -32,7 +32,7 @@ def load_config(path: str | Path, trust_remote_code: bool = False) -> PreTrained
     try:
         return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise VlmSwapError(f"cannot read the config of {path}: {first}") from exc
 
 
@@ -41,7 +41,7 @@ def load_auto(auto_cls, path: str | Path, what: str, *, trust_remote_code: bool,
     try:
         return auto_cls.from_pretrained(str(path), trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise VlmSwapError(f"cannot load the {what} of {path}: {first}") from exc
 
 
@@ -66,7 +66,7 @@ def load_pretrained(
     except pickle.UnpicklingError as exc:
         raise VlmSwapError(f"refused to load {source}: a pickle weight file holds more than tensors") from exc
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError, EOFError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise VlmSwapError(f"could not load {model_cls.__name__} from {source}: {first}") from exc
 
 
@@ -94,7 +94,7 @@ def load_pickle_tensors(path: Path) -> dict[str, torch.Tensor]:
             f"refused to load {path}: it holds more than tensors (weights_only=True forbids code and objects)"
         ) from exc
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise VlmSwapError(f"corrupted or truncated pickle file {path}: {first}") from exc
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

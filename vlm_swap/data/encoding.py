@@ -18,7 +18,7 @@ import jinja2
 import torch
 from PIL import Image
 
-from ..errors import VlmSwapError
+from ..errors import VlmSwapError, first_line
 from ..format.kinds import processing
 from ..images import load_image
 from .formats import RowError, Sample
@@ -169,7 +169,7 @@ class SampleEncoder:
             try:
                 image_inputs = process(pictures, return_tensors="pt")
             except ValueError as exc:  # e.g. Qwen-VL's smart_resize: "absolute aspect ratio must be smaller than 200"
-                raise RowError(f"the image processor refuses an image of this sample: {_first_line(exc)}") from exc
+                raise RowError(f"the image processor refuses an image of this sample: {first_line(exc)}") from exc
         (tokens,) = self.tokenize([text])
         layout = self.layout(
             tokens,
@@ -185,10 +185,6 @@ class SampleEncoder:
         if image_inputs is not None:
             out.update({k: v for k, v in image_inputs.items() if isinstance(v, torch.Tensor)})
         return out
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class ImageRows:
@@ -225,4 +221,4 @@ class ImageRows:
             inputs = processor.image_processor([Image.new("RGB", (width, height))], return_tensors="pt")
             return processor.replace_image_token(inputs, 0)
         except (ValueError, VlmSwapError) as exc:  # e.g. Qwen-VL refuses an aspect ratio over 200
-            raise RowError(f"the image processor refuses a {width}x{height} image: {_first_line(exc)}") from exc
+            raise RowError(f"the image processor refuses a {width}x{height} image: {first_line(exc)}") from exc
