@@ -25,7 +25,7 @@ import torch
 from ..errors import VlmSwapError
 from .atomic import write_json
 from .resolve import INDEX_NAME, WEIGHTS_NAME
-from .tensors import TORCH_TO_ST, FileRange
+from .tensors import TORCH_TO_ST, FileRange, SourceTensor
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 # In-kernel copies (splice) run at full speed only from a source offset on a 64 KiB boundary to a
@@ -50,6 +50,11 @@ class TensorStream:
     shape: tuple[int, ...]
     pieces: Callable[[], Iterable[Piece]]
     source_offset: int | None = None
+
+
+def copied(name: str, t: SourceTensor) -> TensorStream:
+    """The bytes of ``t`` as they lie in its file (``t.raw``), written unchanged as ``name``."""
+    return TensorStream(name, t.dtype, t.shape, lambda: (t.raw,), source_offset=t.raw.offset)
 
 
 @dataclass

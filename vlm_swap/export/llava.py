@@ -27,8 +27,8 @@ from transformers import AutoModelForCausalLM, GenerationConfig, LlavaConfig, Ll
 
 from ..checkpoints.model_files import write_model_extras
 from ..checkpoints.resolve import weight_files
-from ..checkpoints.shards import ShardWriter, TensorStream
-from ..checkpoints.tensors import SourceTensor, safetensors_tensors
+from ..checkpoints.shards import ShardWriter, copied
+from ..checkpoints.tensors import safetensors_tensors
 from ..errors import VlmSwapError
 from ..format.configuration_swap_vlm import SwapVLMConfig
 from ..format.kinds import processing
@@ -129,7 +129,7 @@ def write_llava_weights(model_dir: Path, config: SwapVLMConfig, tmp: Path) -> No
         tensors = safetensors_tensors(path)  # headers only
         if "connector.0.weight" in tensors:
             linear_dtype = tensors["connector.0.weight"].dtype
-        shards.append([_copy_of(t, llava_key(key, base_prefix)) for key, t in tensors.items()])
+        shards.append([copied(llava_key(key, base_prefix), t) for key, t in tensors.items()])
     with ShardWriter(tmp) as writer:
         writer.add_shards(shards)
         if config.connector == "linear":  # identity second layer: Llava always applies two
@@ -137,11 +137,6 @@ def write_llava_weights(model_dir: Path, config: SwapVLMConfig, tmp: Path) -> No
             writer.add("model.multi_modal_projector.linear_2.weight", torch.eye(d, dtype=linear_dtype))
             writer.add("model.multi_modal_projector.linear_2.bias", torch.zeros(d, dtype=linear_dtype))
         writer.close()
-
-
-def _copy_of(t: SourceTensor, name: str) -> TensorStream:
-    """The bytes of ``t`` as they are in its file, written as ``name``."""
-    return TensorStream(name, t.dtype, t.shape, lambda: (t.raw,), source_offset=t.raw.offset)
 
 
 def image_seq_length(processor: SwapVLMProcessor, config: SwapVLMConfig) -> int:

@@ -12,6 +12,7 @@ The catalog's stored reports are these builds: ``python -m vlm_swap.inspection.m
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from ..catalog import BUILT_IN, CATALOG, REPORTS
 from ..checkpoints.atomic import read_json, write_text
 from ..checkpoints.guards import PROVENANCE_NAME
 from ..checkpoints.resolve import looks_local, weight_files
-from ..checkpoints.safe import open_safetensors
+from ..checkpoints.tensors import read_safetensors_header
 from ..errors import VlmSwapError
 from ..surgery.layouts import CAUSAL_LM, detect_layout
 from ..surgery.source import Source, describe, open_source
@@ -106,11 +107,9 @@ def _header_counts(src: Source) -> dict[str, int]:
     if not src.path.is_dir():
         return counts
     for path in weight_files(src.path, required=False):
-        with open_safetensors(path) as st:
-            for key in st.keys():
-                if part := src.layout.part_of(key):
-                    shape = st.get_slice(key).get_shape()
-                    counts[part] += int(torch.Size(shape).numel())
+        for key, info in read_safetensors_header(path).items():
+            if part := src.layout.part_of(key):
+                counts[part] += math.prod(info.shape)
     return counts
 
 

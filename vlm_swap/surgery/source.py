@@ -45,13 +45,11 @@ class Source:
 
     @property
     def vision_config(self) -> PreTrainedConfig | None:
-        key = self.layout.config.get("vision_config")
-        return getattr(self.config, key, None) if key else None
+        return self.config_value("vision_config")
 
     @property
     def image_token_id(self) -> int | None:
-        key = self.layout.config.get("image_token_id")
-        return getattr(self.config, key, None) if key else None
+        return self.config_value("image_token_id")
 
     def config_value(self, field: str):
         """The value of a layout config field (``connector_type``, ``vision_tower``, ...), or None."""

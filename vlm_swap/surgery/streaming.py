@@ -21,7 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedConfig
 
 from ..backends.base import LoadedEncoder
-from ..checkpoints.shards import TensorStream
+from ..checkpoints.shards import TensorStream, copied
 from ..checkpoints.tensors import FileRange, SourceTensor
 from ..errors import VlmSwapError
 from ..format.compat import no_weight_init
@@ -39,8 +39,7 @@ def llm_skeleton(text_cfg: PreTrainedConfig) -> torch.nn.Module:
 def check_llm_shapes(src: Source, files: dict[Path, dict[str, SourceTensor]], skeleton: torch.nn.Module) -> None:
     """Every LLM weight of the source has the shape its config implies (embedding rows may differ: resized)."""
     expected = {n: tuple(t.shape) for n, t in skeleton.state_dict().items()}
-    embeddings = (skeleton.get_input_embeddings(), skeleton.get_output_embeddings())
-    resized = {_param_name(skeleton, m) for m in embeddings if m is not None}
+    resized = _embedding_names(skeleton)
     for key, shape in ((k, t.shape) for tensors in files.values() for k, t in tensors.items()):
         llm_key = None if src.layout.part_of(key) in ("encoder", "connector") else src.layout.llm_key(key)
         want = expected.get(llm_key)
@@ -74,9 +73,7 @@ def plan_llm(
     grown embeddings come at the end of their shard, so the offsets of the others stay as they are.
     """
     names = {n for n, _ in skeleton.named_parameters()} | {n for n, _ in skeleton.named_buffers()}
-    grow = {_param_name(skeleton, skeleton.get_input_embeddings())}
-    if skeleton.get_output_embeddings() is not None:
-        grow.add(_param_name(skeleton, skeleton.get_output_embeddings()))
+    grow = _embedding_names(skeleton)
     seen, out_dtype, shards = set(), dtype, []
     for path, tensors in files.items():
         shard, grown = [], []
@@ -128,6 +125,12 @@ def encoder_shards(loaded: LoadedEncoder, dtype: torch.dtype) -> list[list[Tenso
     return shards
 
 
+def _embedding_names(skeleton: torch.nn.Module) -> set[str]:
+    """The weights of the input and output embeddings: the tensors that grow with the vocabulary."""
+    embeddings = (skeleton.get_input_embeddings(), skeleton.get_output_embeddings())
+    return {_param_name(skeleton, m) for m in embeddings if m is not None}
+
+
 def _param_name(model: torch.nn.Module, module: torch.nn.Module) -> str:
     for name, m in model.named_modules():
         if m is module:
@@ -138,7 +141,7 @@ def _param_name(model: torch.nn.Module, module: torch.nn.Module) -> str:
 def _stream(name: str, t: SourceTensor, dtype: torch.dtype) -> TensorStream:
     """``t`` cast to ``dtype``: a raw byte copy when it is unchanged and lies in a file."""
     if dtype == t.dtype and t.raw is not None:
-        return TensorStream(name, dtype, t.shape, lambda: (t.raw,), source_offset=t.raw.offset)
+        return copied(name, t)
     return TensorStream(name, dtype, t.shape, lambda: _blocks(t, dtype))
 
 
