@@ -292,13 +292,22 @@ def test_console_script_as_subprocess(tmp_path):
 
 def _interrupt(cmd, env, ready) -> subprocess.CompletedProcess:
     """Start ``cmd``, press Ctrl-C (SIGINT) once ``ready(pid)`` holds, return what it printed."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_sigint_as_in_a_terminal
+    )
     deadline = time.time() + 300
     while proc.poll() is None and not ready(proc.pid) and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _sigint_as_in_a_terminal() -> None:
+    """The child's SIGINT has its default action, as in a command started from a terminal, also where this test
+    runs with SIGINT ignored (a shell's background job passes that on, and Python then never raises
+    KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _importing_torch(pid: int) -> bool:
